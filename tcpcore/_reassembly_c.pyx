@@ -1,0 +1,4 @@
+# cython: language_level=3
+"""Placeholder: being written."""
+
+__all__ = []
