@@ -23,7 +23,7 @@ def extensions() -> list[Extension]:
             f"tcpcore.{path.stem}",
             [str(path.relative_to(HERE))],
             include_dirs=["tcpcore"],
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-g0"],
         )
         for path in sorted((HERE / "tcpcore").glob("_*_c.pyx"))
     ]

@@ -16,15 +16,25 @@ __all__ = [
 ]
 
 
+# Releasing the GIL costs more than summing a segment; only buffers beyond this size do it.
+DEF NOGIL_THRESHOLD = 65536
+
+
+cdef inline uint16_t _sum_view(Py_buffer *view, uint32_t initial) noexcept:
+    cdef uint16_t result
+    if view.len < NOGIL_THRESHOLD:
+        return tc_ones_sum(<const uint8_t *>view.buf, <size_t>view.len, initial)
+    with nogil:
+        result = tc_ones_sum(<const uint8_t *>view.buf, <size_t>view.len, initial)
+    return result
+
+
 cdef uint16_t _sum_object(object data, uint32_t initial) except? 0xFFFF:
     cdef Py_buffer view
     cdef uint16_t result
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        with nogil:
-            result = tc_ones_sum(<const uint8_t *>view.buf, <size_t>view.len, initial)
-    finally:
-        PyBuffer_Release(&view)
+    result = _sum_view(&view, initial)
+    PyBuffer_Release(&view)
     return result
 
 
@@ -69,8 +79,7 @@ cpdef int transport_checksum(object src, object dst, uint32_t protocol, object s
     PyObject_GetBuffer(segment, &view, PyBUF_SIMPLE)
     try:
         pseudo = pseudo_header_sum(src, dst, protocol, <uint32_t>view.len)
-        with nogil:
-            result = tc_ones_sum(<const uint8_t *>view.buf, <size_t>view.len, pseudo)
+        result = _sum_view(&view, pseudo)
     finally:
         PyBuffer_Release(&view)
     return (~result) & 0xFFFF

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from ._types import Buffer
 
 __all__ = [
@@ -13,8 +12,6 @@ __all__ = [
     "pseudo_header_sum",
     "transport_checksum",
 ]
-
-_LITTLE = sys.byteorder == "little"
 
 
 def _fold(total: int) -> int:

@@ -7,7 +7,17 @@ wrapping distance, so it is correct across the wrap as long as the two numbers a
 
 from __future__ import annotations
 
-__all__ = ["seq_add", "seq_diff", "seq_ge", "seq_gt", "seq_in_window", "seq_le", "seq_lt", "seq_max", "seq_min"]
+__all__ = [
+    "seq_add",
+    "seq_diff",
+    "seq_ge",
+    "seq_gt",
+    "seq_in_window",
+    "seq_le",
+    "seq_lt",
+    "seq_max",
+    "seq_min",
+]
 
 _MASK = 0xFFFFFFFF
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run every test: the README's test command, and what CI runs.
+#
+# Builds the wheel (compiled tcpcore), installs it into a new virtual environment without Cython,
+# and runs the suite against the installed package twice: compiled (a missing extension is a
+# failure, not a fallback) and with TCPCORE_NO_EXTENSIONS=1 (the pure-Python twins).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+venv=${PYTCP_TEST_VENV:-$root/.venv-test}
+python=${PYTHON:-python3}
+
+need_apt=()
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "missing tools (${need_apt[*]}) and not root to install them" >&2
+    fi
+fi
+
+rm -rf "$venv" "$root/dist"
+"$python" -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" wheel -q --no-deps -w "$root/dist" "$root"
+wheel=$(ls "$root"/dist/pytcp_stack-*.whl)
+"$venv/bin/pip" install -q "$wheel[test,bench]" ruff
+if "$venv/bin/python" -c "import Cython" 2>/dev/null; then
+    echo "Cython leaked into the test environment: the wheel must work without it" >&2
+    exit 1
+fi
+
+"$venv/bin/ruff" check tcpcore pytcp tests bench
+"$venv/bin/ruff" format --check tcpcore pytcp tests bench
+
+# -P keeps the checkout off sys.path so the installed wheel is what gets tested.
+run_pytest() { "$venv/bin/python" -P -m pytest -p no:cacheprovider --import-mode=importlib "$@"; }
+TCPCORE_REQUIRE_EXTENSIONS=1 run_pytest tests -q
+TCPCORE_NO_EXTENSIONS=1 run_pytest tests -q

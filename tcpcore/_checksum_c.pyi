@@ -1,0 +1,19 @@
+"""Stub for the compiled checksum module; signatures match the twin, tcpcore._checksum_py."""
+
+from ._types import Buffer
+
+__all__ = [
+    "checksum_update16",
+    "checksum_update32",
+    "internet_checksum",
+    "ones_sum",
+    "pseudo_header_sum",
+    "transport_checksum",
+]
+
+def ones_sum(data: Buffer, initial: int = 0) -> int: ...
+def internet_checksum(data: Buffer, initial: int = 0) -> int: ...
+def pseudo_header_sum(src: int | Buffer, dst: int | Buffer, protocol: int, length: int) -> int: ...
+def transport_checksum(src: int | Buffer, dst: int | Buffer, protocol: int, segment: Buffer) -> int: ...
+def checksum_update16(checksum: int, old: int, new: int) -> int: ...
+def checksum_update32(checksum: int, old: int, new: int) -> int: ...

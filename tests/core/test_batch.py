@@ -1,0 +1,357 @@
+"""Batch packet I/O, for both implementations.
+
+A non-blocking AF_UNIX SOCK_DGRAM socketpair stands in for a TUN fd: both preserve packet
+boundaries, one read() or write() per packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType, SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+Pair = tuple[socket.socket, socket.socket]
+#: Bound on every blocking call in these tests: a missed signal fails the test instead of hanging it.
+BLOCK_SECONDS = 3
+
+
+def make_pair() -> Pair:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    a, b = make_pair()
+    with a, b:
+        yield a, b
+
+
+def payload(i: int, size: int) -> bytes:
+    """Distinct packets: the index repeated, so reordering or mixing shows up."""
+    return bytes((i + k) & 0xFF for k in range(size))
+
+
+def drain(core: SimpleNamespace, sock: socket.socket) -> list[bytes]:
+    batch = core.PacketBatch(slots=16, slot_size=4096)
+    received: list[bytes] = []
+    while batch.read_from(sock.fileno()):
+        received += [bytes(p) for p in batch]
+    return received
+
+
+def make_blocking(sock: socket.socket, option: int) -> None:
+    sock.setblocking(True)
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", BLOCK_SECONDS, 0))
+
+
+@contextlib.contextmanager
+def interrupting(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Send SIGUSR1 to this thread every 20 ms while the block runs, so a blocked read()/write() gets
+    EINTR (a signal landing before the call blocks is only handled; the next one interrupts)."""
+    done = threading.Event()
+    target = threading.get_ident()
+
+    def kick() -> None:
+        for _ in range(BLOCK_SECONDS * 50):
+            if done.wait(0.02):
+                return
+            signal.pthread_kill(target, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    thread = threading.Thread(target=kick)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
+# --- construction and access ---------------------------------------------------------------------
+
+
+def test_defaults(core: SimpleNamespace) -> None:
+    batch = core.PacketBatch()
+    assert batch.slots == 64
+    assert batch.slot_size == 65536 + 64
+    assert isinstance(batch.buffer, memoryview)
+    assert len(batch.buffer) == 64 * (65536 + 64)
+    assert batch.count == len(batch) == 0
+    assert list(batch) == []
+
+
+@pytest.mark.parametrize(("slots", "slot_size"), [(0, 100), (1, 0), (-1, 100), (4, -5)])
+def test_rejects_empty_geometry(core: SimpleNamespace, slots: int, slot_size: int) -> None:
+    with pytest.raises(ValueError):
+        core.PacketBatch(slots, slot_size)
+
+
+def test_empty_read_returns_zero(core: SimpleNamespace, pair: Pair) -> None:
+    batch = core.PacketBatch(slots=4, slot_size=256)
+    assert batch.read_from(pair[0].fileno()) == 0
+    assert batch.count == len(batch) == 0
+    assert list(batch) == []
+
+
+def test_packets_of_varied_sizes_read_back_exactly(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    sizes = [40, 1, 0, 576, 1500, 9000, 65535, 20]  # 0: an empty datagram is still one read, one packet
+    sent = [payload(i, size) for i, size in enumerate(sizes)]
+    for packet in sent:
+        b.send(packet)
+    batch = core.PacketBatch()
+    assert batch.read_from(a.fileno()) == len(sent)
+    assert batch.count == len(batch) == len(sent)
+    assert [batch.length(i) for i in range(len(sent))] == sizes
+    assert [bytes(batch.packet(i)) for i in range(len(sent))] == sent
+    assert [bytes(p) for p in batch] == sent
+    for i, packet in enumerate(sent):
+        offset = i * batch.slot_size
+        assert batch.buffer[offset : offset + len(packet)] == packet
+    assert batch.read_from(a.fileno()) == 0
+    assert batch.count == 0
+
+
+def test_packet_views_are_zero_copy(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    b.send(b"abc")
+    batch = core.PacketBatch(slots=2, slot_size=64)
+    batch.read_from(a.fileno())
+    view = batch.packet(0)
+    assert isinstance(view, memoryview)
+    batch.buffer[1] = ord("X")
+    assert bytes(view) == b"aXc"
+
+
+def test_max_packets_is_respected(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    sent = [payload(i, 10 + i) for i in range(5)]
+    for packet in sent:
+        b.send(packet)
+    batch = core.PacketBatch(slots=8, slot_size=128)
+    assert batch.read_from(a.fileno(), 0) == 0
+    assert batch.read_from(a.fileno(), 2) == 2
+    assert [bytes(p) for p in batch] == sent[:2]
+    assert batch.read_from(a.fileno(), 100) == 3  # beyond the slots: clipped, the rest arrive in order
+    assert [bytes(p) for p in batch] == sent[2:]
+
+
+def test_full_batch_stops_and_the_rest_waits(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    sent = [payload(i, 100) for i in range(7)]
+    for packet in sent:
+        b.send(packet)
+    batch = core.PacketBatch(slots=3, slot_size=128)
+    received = []
+    counts = []
+    while count := batch.read_from(a.fileno()):
+        counts.append(count)
+        received += [bytes(p) for p in batch]
+    assert counts == [3, 3, 1]
+    assert received == sent
+
+
+def test_packet_of_exactly_slot_size_and_truncation(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    exact, oversized, after = payload(1, 2048), payload(2, 3000), payload(3, 7)
+    for packet in (exact, oversized, after):
+        b.send(packet)
+    batch = core.PacketBatch(slots=4, slot_size=2048)
+    assert batch.read_from(a.fileno()) == 3
+    assert bytes(batch.packet(0)) == exact
+    # The kernel truncates a packet longer than the slot; the next packet is unaffected.
+    assert bytes(batch.packet(1)) == oversized[:2048]
+    assert bytes(batch.packet(2)) == after
+
+
+def test_index_errors_and_clear(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    b.send(b"one")
+    b.send(b"two")
+    batch = core.PacketBatch(slots=4, slot_size=64)
+    for i in (0, -1):
+        with pytest.raises(IndexError):
+            batch.packet(i)
+    batch.read_from(a.fileno())
+    for i in (-1, 2, 3, 4):
+        with pytest.raises(IndexError):
+            batch.packet(i)
+        with pytest.raises(IndexError):
+            batch.length(i)
+    assert batch.length(1) == 3
+    batch.clear()
+    assert batch.count == len(batch) == 0
+    assert list(batch) == []
+    with pytest.raises(IndexError):
+        batch.packet(0)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_bad_fds_raise_ebadf(core: SimpleNamespace) -> None:
+    a, b = make_pair()
+    closed = a.detach()
+    os.close(closed)
+    b.close()
+    batch = core.PacketBatch(slots=2, slot_size=64)
+    for fd in (-1, closed):
+        with pytest.raises(OSError) as info:
+            batch.read_from(fd)
+        assert info.value.errno == errno.EBADF
+        assert batch.count == 0
+        with pytest.raises(OSError) as info:
+            core.write_packets(fd, [b"x"])
+        assert info.value.errno == errno.EBADF
+        assert info.value.packets_written == 0  # type: ignore[attr-defined]
+
+
+def test_read_error_keeps_packets_already_read(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    make_blocking(a, socket.SO_RCVTIMEO)
+    b.send(b"first")
+    b.send(b"second")
+    fd = a.detach()  # the handler closes it
+    closed: list[int] = []
+
+    def close_fd(signum: int, frame: FrameType | None) -> None:
+        if not closed:
+            os.close(fd)
+            closed.append(fd)
+
+    batch = core.PacketBatch(slots=3, slot_size=64)
+    # The third read blocks; the handler runs on EINTR, the retried read() then fails with EBADF.
+    with interrupting(close_fd), pytest.raises(OSError) as info:
+        batch.read_from(fd)
+    assert info.value.errno == errno.EBADF
+    assert batch.count == 2
+    assert [bytes(p) for p in batch] == [b"first", b"second"]
+
+
+def test_read_retries_after_eintr(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    make_blocking(a, socket.SO_RCVTIMEO)
+    b.send(b"first")
+    calls: list[int] = []
+
+    def supply(signum: int, frame: FrameType | None) -> None:
+        # PEP 475: a handler that returns normally makes the interrupted read() resume.
+        if not calls:
+            b.send(b"late")
+        calls.append(signum)
+
+    batch = core.PacketBatch(slots=2, slot_size=64)
+    with interrupting(supply):
+        assert batch.read_from(a.fileno()) == 2
+    assert calls
+    assert [bytes(p) for p in batch] == [b"first", b"late"]
+
+
+def test_blocking_read_releases_the_gil(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    make_blocking(a, socket.SO_RCVTIMEO)
+    sender = threading.Timer(0.05, b.send, [b"from another thread"])
+    sender.start()
+    batch = core.PacketBatch(slots=1, slot_size=64)
+    assert batch.read_from(a.fileno()) == 1
+    sender.join()
+    assert bytes(batch.packet(0)) == b"from another thread"
+
+
+# --- write_packets -------------------------------------------------------------------------------
+
+
+def test_write_packets_writes_each_buffer_as_one_packet(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    packets = [b"bytes", bytearray(b"bytearray"), memoryview(b"--memoryview--")[2:-2], b"", payload(9, 1500)]
+    assert core.write_packets(b.fileno(), packets) == len(packets)
+    assert drain(core, a) == [bytes(p) for p in packets]
+    assert core.write_packets(b.fileno(), []) == 0
+    assert core.write_packets(b.fileno(), iter([b"any", b"iterable"])) == 2
+    assert drain(core, a) == [b"any", b"iterable"]
+
+
+def test_write_packets_stops_at_eagain(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    packets = [payload(i, 1000) for i in range(500)]
+    written = core.write_packets(b.fileno(), packets)
+    assert 0 < written < len(packets)
+    assert core.write_packets(b.fileno(), packets[written:]) == 0  # still full: nothing more fits
+    received = drain(core, a)
+    assert received == packets[:written]
+    assert core.write_packets(b.fileno(), packets[written : written + 1]) == 1  # room again
+
+
+def test_write_error_reports_packets_written(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    sndbuf = b.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    with pytest.raises(OSError) as info:
+        core.write_packets(b.fileno(), [b"sent", bytes(sndbuf + 1), b"never"])
+    assert info.value.errno == errno.EMSGSIZE
+    assert info.value.packets_written == 1  # type: ignore[attr-defined]
+    assert drain(core, a) == [b"sent"]
+
+
+def test_write_interrupted_by_raising_handler(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    make_blocking(b, socket.SO_SNDTIMEO)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+
+    class Stop(OSError):
+        pass
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stop("interrupted")
+
+    packets = [payload(i, 1000) for i in range(500)]
+    # The socket fills and write() blocks; the handler's exception ends the loop with the count attached.
+    with interrupting(stop), pytest.raises(Stop) as info:
+        core.write_packets(b.fileno(), packets)
+    written = info.value.packets_written  # type: ignore[attr-defined]
+    assert 0 < written < len(packets)
+    assert drain(core, a) == packets[:written]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"), [(memoryview(b"abcdef")[::2], BufferError), ("text", TypeError), (None, TypeError)]
+)
+def test_write_packets_acquires_every_buffer_first(
+    core: SimpleNamespace, pair: Pair, bad: object, error: type[Exception]
+) -> None:
+    a, b = pair
+    with pytest.raises(error):
+        core.write_packets(b.fileno(), [b"ok", bad])
+    assert drain(core, a) == []  # nothing was written before the bad item was found
+
+
+# --- round trip property -------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), max_size=20), slots=st.integers(1, 8))
+def test_round_trip(core: SimpleNamespace, sizes: list[int], slots: int) -> None:
+    a, b = make_pair()
+    with a, b:
+        sent = [payload(i, size) for i, size in enumerate(sizes)]
+        assert core.write_packets(b.fileno(), sent) == len(sent)
+        batch = core.PacketBatch(slots=slots, slot_size=3000)
+        received: list[bytes] = []
+        while count := batch.read_from(a.fileno()):
+            assert count <= slots
+            received += [bytes(batch.packet(i)) for i in range(count)]
+        assert received == sent
