@@ -13,6 +13,7 @@ python=${PYTHON:-python3}
 need_apt=()
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+command -v sysctl >/dev/null || need_apt+=(procps)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -35,7 +36,9 @@ fi
 "$venv/bin/ruff" check tcpcore pytcp tests bench
 "$venv/bin/ruff" format --check tcpcore pytcp tests bench
 
-# -P keeps the checkout off sys.path so the installed wheel is what gets tested.
-run_pytest() { "$venv/bin/python" -P -m pytest -p no:cacheprovider --import-mode=importlib "$@"; }
+# PYTHONSAFEPATH keeps the checkout off sys.path (in subprocesses too), so the installed wheel is
+# what gets tested.
+export PYTHONSAFEPATH=1
+run_pytest() { "$venv/bin/python" -m pytest -p no:cacheprovider --import-mode=importlib "$@"; }
 TCPCORE_REQUIRE_EXTENSIONS=1 run_pytest tests -q
 TCPCORE_NO_EXTENSIONS=1 run_pytest tests -q
