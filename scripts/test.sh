@@ -24,8 +24,9 @@ fi
 
 rm -rf "$venv" "$root/dist"
 "$python" -m venv "$venv"
-"$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" wheel -q --no-deps -w "$root/dist" "$root"
+"$venv/bin/pip" install -q --upgrade pip build
+# sdist first, then the wheel from the sdist: proves the sdist carries what the build needs.
+"$venv/bin/python" -m build -q --outdir "$root/dist" "$root" >/dev/null
 wheel=$(ls "$root"/dist/pytcp_stack-*.whl)
 "$venv/bin/pip" install -q "$wheel[test,bench]" ruff
 if "$venv/bin/python" -c "import Cython" 2>/dev/null; then

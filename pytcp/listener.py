@@ -1,0 +1,225 @@
+"""A listening socket: LISTEN-state segment processing (RFC 9293 3.10.7.2), its SYN and accept queues,
+and the SYN-cookie decision (RFC 4987), shaped after Linux's tcp_conn_request and cookie_v4_check.
+
+The listener decides and counts; the stack acts on the decision (creates the child TCB, builds the RST
+or the cookie SYN-ACK). Children live in the stack's connection table under their own 4-tuple from the
+first SYN on, so later segments reach them directly; the listener only keeps them in its queues.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tcpcore import ACK, FIN, RST, SYN
+
+from .config import TCPConfig
+from .mib import MIB
+from .state import Event, State, StateMachine, TransitionRecord
+from .syncookies import COOKIE_MAX_AGE, COOKIE_PERIOD, CookieOptions, SynCookies
+
+if TYPE_CHECKING:
+    from tcpcore import TCPSegment
+
+    from .connection import Connection
+
+__all__ = ["ListenAction", "Listener"]
+
+Key = tuple[int, int, int, int]
+
+
+class ListenAction(enum.Enum):
+    """What the stack does with a segment that reached a listener."""
+
+    DROP = "drop"
+    #: RFC 9293 3.10.7.2 second check: <SEQ=SEG.ACK><CTL=RST>.
+    RESET = "reset"
+    #: Create a child TCB in the SYN queue (accept_syn).
+    NEW_CHILD = "new child"
+    #: Answer with a cookie SYN-ACK and keep nothing.
+    SEND_COOKIE = "send cookie"
+    #: A genuine cookie ACK: create the child straight into ESTABLISHED (establish_from_cookie).
+    COOKIE_ACK = "cookie ack"
+
+
+class Listener:
+    """One passive open on (local_addr, port)."""
+
+    __slots__ = (
+        "_config",
+        "_cookie_sent_at",
+        "_machine",
+        "_mib",
+        "accept_limit",
+        "accept_queue",
+        "backlog",
+        "cookies",
+        "local_addr",
+        "port",
+        "syn_limit",
+        "syn_queue",
+    )
+
+    def __init__(
+        self,
+        local_addr: int,
+        port: int,
+        backlog: int,
+        config: TCPConfig,
+        mib: MIB,
+        cookies: SynCookies,
+        now: float,
+        *,
+        tracer: Callable[[TransitionRecord], None] | None = None,
+    ) -> None:
+        if backlog < 0:
+            raise ValueError(f"backlog must be >= 0, got {backlog}")
+        self.local_addr = local_addr
+        self.port = port
+        self.backlog = backlog
+        # Linux listen(): the backlog is silently capped at somaxconn; at least 1 so a listener with
+        # backlog 0 can still complete one connection (Linux admits one more than the backlog).
+        self.accept_limit = max(1, min(backlog, config.somaxconn))
+        # The brief's bound on half-open children: min(backlog, tcp_max_syn_backlog).
+        self.syn_limit = max(1, min(backlog, config.max_syn_backlog))
+        self.syn_queue: dict[Key, Connection] = {}
+        self.accept_queue: deque[Connection] = deque()
+        self.cookies = cookies
+        self._mib = mib
+        self._config = config
+        # When we last answered with a cookie: in "auto" mode only then can an ACK be a cookie ACK
+        # (Linux tcp_synq_no_recent_overflow).
+        self._cookie_sent_at: float | None = None
+        self._machine = StateMachine(name=f"listen :{port}", tracer=tracer)
+        self._machine.apply(Event.APP_LISTEN, now)
+
+    def __repr__(self) -> str:
+        return (
+            f"Listener(:{self.port}, {self.state.value}, syn {len(self.syn_queue)}/{self.syn_limit}, "
+            f"accept {len(self.accept_queue)}/{self.accept_limit})"
+        )
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    @property
+    def closed(self) -> bool:
+        return self._machine.state is State.CLOSED
+
+    def accept_queue_full(self) -> bool:
+        return len(self.accept_queue) >= self.accept_limit
+
+    def _drop_overflow(self) -> ListenAction:
+        # Linux: LINUX_MIB_LISTENOVERFLOWS and then tcp_listendrop (LINUX_MIB_LISTENDROPS).
+        self._mib.ListenOverflows += 1
+        self._mib.ListenDrops += 1
+        return ListenAction.DROP
+
+    def classify(
+        self, seg: TCPSegment, key: Key, now: float, *, table_full: bool
+    ) -> tuple[ListenAction, CookieOptions | None]:
+        """RFC 9293 3.10.7.2 for a segment with no connection of its own. ``table_full``: the stack is at
+        max_connections, so nothing that would create a TCB may proceed."""
+        flags = seg.flags
+        # First: "An incoming RST segment could not be valid ... it should be ignored."
+        if flags & RST:
+            return ListenAction.DROP, None
+        # Second: "Any acknowledgment is bad if it arrives on a connection still in the LISTEN state"
+        # -- unless it completes a cookie handshake (RFC 4987 3.6).
+        if flags & ACK:
+            if flags & SYN or not self._cookies_in_use(now):
+                return ListenAction.RESET, None
+            config = self._config
+            options = self.cookies.validate(
+                key,
+                seg.seq,
+                seg.ack,
+                seg.ts_ecr if seg.has_timestamps else None,
+                now,
+                timestamps_enabled=config.timestamps,
+                sack_enabled=config.sack,
+                wscale_enabled=config.window_scaling,
+            )
+            if options is None:
+                # Linux counts SyncookiesFailed and lets LISTEN processing answer with a RST.
+                self._mib.SyncookiesFailed += 1
+                return ListenAction.RESET, None
+            self._mib.SyncookiesRecv += 1
+            if self.accept_queue_full():
+                return self._drop_overflow(), None
+            if table_full:
+                self._mib.ListenDrops += 1
+                return ListenAction.DROP, None
+            return ListenAction.COOKIE_ACK, options
+        # Fourth: "Any other control or text-bearing segment (not containing SYN) ... drop it". Linux also
+        # discards SYN+FIN here (tcp_rcv_state_process), a combination no real stack sends.
+        if not flags & SYN or flags & FIN:
+            return ListenAction.DROP, None
+        # Third: a SYN. Linux tcp_conn_request: decide on cookies first, then refuse when the accept
+        # queue is full (a completed connection would have nowhere to go).
+        want_cookie = self._config.syncookies == "on"
+        if not want_cookie and len(self.syn_queue) >= self.syn_limit:
+            if self._config.syncookies == "off":
+                self._mib.TCPReqQFullDrop += 1
+                self._mib.ListenDrops += 1
+                return ListenAction.DROP, None
+            want_cookie = True
+        if self.accept_queue_full():
+            return self._drop_overflow(), None
+        if want_cookie:
+            self._mib.SyncookiesSent += 1
+            self._cookie_sent_at = now
+            return ListenAction.SEND_COOKIE, None
+        if table_full:
+            self._mib.ListenDrops += 1
+            return ListenAction.DROP, None
+        return ListenAction.NEW_CHILD, None
+
+    def _cookies_in_use(self, now: float) -> bool:
+        if self._config.syncookies == "on":
+            return True
+        sent = self._cookie_sent_at
+        return sent is not None and now - sent < COOKIE_MAX_AGE * COOKIE_PERIOD
+
+    # -- queues --------------------------------------------------------------------------------------
+
+    def add_child(self, key: Key, conn: Connection) -> None:
+        """A child TCB created for a SYN (in SYN-RECEIVED)."""
+        self.syn_queue[key] = conn
+
+    def admits_final_ack(self) -> bool:
+        """Whether a child may complete its handshake now. When the accept queue is full Linux drops the
+        final ACK (tcp_check_req -> syn_recv_sock fails, tcp_abort_on_overflow=0): the child stays in
+        SYN-RECEIVED and the peer's retransmissions retry later."""
+        if self.accept_queue_full():
+            self._drop_overflow()
+            return False
+        return True
+
+    def child_established(self, key: Key, conn: Connection) -> None:
+        """A child reached ESTABLISHED: from the SYN queue (if it came from there) to the accept queue."""
+        self.syn_queue.pop(key, None)
+        self.accept_queue.append(conn)
+
+    def child_gone(self, key: Key, conn: Connection) -> None:
+        """A child closed (reset, timed out) before the application accepted it."""
+        if self.syn_queue.get(key) is conn:
+            del self.syn_queue[key]
+        elif conn in self.accept_queue:
+            self.accept_queue.remove(conn)
+
+    def pop(self) -> Connection | None:
+        """The oldest established child, or None."""
+        return self.accept_queue.popleft() if self.accept_queue else None
+
+    def close(self, now: float) -> list[Connection]:
+        """LISTEN -> CLOSED; returns the queued children, which the stack resets (Linux
+        inet_csk_listen_stop aborts both queues)."""
+        self._machine.apply(Event.APP_CLOSE, now)
+        children = [*self.syn_queue.values(), *self.accept_queue]
+        self.syn_queue.clear()
+        self.accept_queue.clear()
+        return children

@@ -1,0 +1,374 @@
+"""Send side of one connection: the send buffer, the retransmission queue with its SACK scoreboard, and the
+rules that decide when new data may leave (Nagle, sender silly-window avoidance).
+
+Positions are absolute byte offsets in the send sequence space: 0 is our SYN, data starts at 1, so they
+never wrap and the queue needs no modular arithmetic; the connection converts to 32-bit sequence numbers
+(ISS + offset) at the wire. The buffer holds every byte from SND.UNA to the end of the data the
+application queued; the queue holds one ``Segment`` per transmitted, not yet cumulatively acknowledged
+segment, covering [SND.UNA, SND.NXT) without gaps. Both are bounded by the send buffer size.
+
+The scoreboard keeps RFC 6675's per-segment marks plus three byte counters so that ``pipe`` (RFC 6675 2,
+SetPipe) costs O(1): pipe = FlightSize - SACKed - lost + retransmitted, as Linux's
+tcp_packets_in_flight (left_out = sacked_out + lost_out).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from operator import attrgetter
+
+from .recovery import DUP_THRESH
+
+__all__ = ["Segment", "Sender"]
+
+_start = attrgetter("start")
+
+
+class Segment:
+    """One transmitted segment [start, end) in absolute offsets; a FIN occupies the last position."""
+
+    __slots__ = ("end", "ever_retrans", "fin", "lost", "retrans", "sacked", "sent_at", "start")
+
+    def __init__(self, start: int, end: int, fin: bool, sent_at: float) -> None:
+        self.start = start
+        self.end = end
+        self.fin = fin
+        self.sent_at = sent_at
+        self.sacked = False
+        # RFC 6675 IsLost() held true (or the RTO fired, or NewReno retransmits it).
+        self.lost = False
+        # Retransmitted since last marked lost: counts towards pipe (RFC 6675 SetPipe).
+        self.retrans = False
+        # Retransmitted at least once: its ACK gives no RTT sample (Karn, RFC 6298 3).
+        self.ever_retrans = False
+
+    @property
+    def data_end(self) -> int:
+        return self.end - 1 if self.fin else self.end
+
+    def __repr__(self) -> str:
+        marks = "".join(m for m, on in (("S", self.sacked), ("L", self.lost), ("R", self.retrans)) if on)
+        return f"Segment({self.start}..{self.end}{' FIN' if self.fin else ''} {marks})"
+
+
+class Sender:
+    """Send buffer plus retransmission queue and scoreboard."""
+
+    __slots__ = (
+        "buf",
+        "capacity",
+        "end",
+        "fin_queued",
+        "high_rxt",
+        "high_sacked",
+        "lost_bytes",
+        "nxt",
+        "retrans_bytes",
+        "sacked_bytes",
+        "segs",
+        "sml_end",
+        "una",
+    )
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buf = bytearray()  # bytes [una, end); a FIN is not stored
+        self.una = 1  # SND.UNA (0 is the SYN, acknowledged by the time data flows)
+        self.nxt = 1  # SND.NXT
+        self.end = 1  # one past the last byte the application queued
+        self.fin_queued = False
+        self.segs: list[Segment] = []
+        self.sacked_bytes = 0
+        self.lost_bytes = 0
+        self.retrans_bytes = 0
+        self.high_sacked = 1  # one past the highest SACKed position (RFC 6675 "HighACK" of SACKs)
+        self.high_rxt = 1  # one past the highest retransmitted position (RFC 6675 HighRxt)
+        self.sml_end = 1  # end of the last small segment sent (Minshall's Nagle, Linux snd_sml)
+
+    # -- application side ---------------------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - len(self.buf))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as fits; returns the count."""
+        n = min(len(data), self.capacity - len(self.buf))
+        if n <= 0:
+            return 0
+        if n == len(data):
+            self.buf += data
+        else:
+            with memoryview(data) as view:
+                self.buf += view.cast("B")[:n]
+        self.end += n
+        return n
+
+    # -- accounting ---------------------------------------------------------------------------------
+    @property
+    def unsent(self) -> int:
+        """Queued data bytes not sent yet."""
+        return max(0, self.end - self.nxt)
+
+    @property
+    def pending(self) -> bool:
+        """Data or a FIN waits to be sent for the first time."""
+        return self.nxt < self.end or (self.fin_queued and self.nxt == self.end)
+
+    @property
+    def fin_sent(self) -> bool:
+        return self.nxt > self.end
+
+    @property
+    def fin_acked(self) -> bool:
+        return self.una > self.end
+
+    @property
+    def flight(self) -> int:
+        """FlightSize (RFC 5681 2): sent and not cumulatively acknowledged, a FIN counting one."""
+        return self.nxt - self.una
+
+    @property
+    def pipe(self) -> int:
+        """RFC 6675 SetPipe(): the sender's estimate of the bytes still in the network."""
+        return self.nxt - self.una - self.sacked_bytes - self.lost_bytes + self.retrans_bytes
+
+    def payload(self, start: int, end: int) -> memoryview:
+        """A view of the data bytes [start, end); release it before the buffer changes."""
+        base = self.una
+        return memoryview(self.buf)[start - base : end - base]
+
+    # -- transmission -------------------------------------------------------------------------------
+    def next_new(
+        self, mss: int, wnd_end: int, cwnd_space: int, nodelay: bool, max_wnd: int, force: bool = False
+    ) -> tuple[int, bool] | None:
+        """(length, with FIN) of the next new segment allowed now, or None.
+
+        ``wnd_end`` is the peer's right window edge (SND.UNA + SND.WND), ``cwnd_space`` what cwnd leaves
+        beside pipe. ``force`` is the persist timer's override (RFC 1122 4.2.3.4 rule 4): it sends what
+        the window allows despite Nagle and silly-window avoidance.
+        """
+        nxt = self.nxt
+        unsent = self.end - nxt
+        usable = wnd_end - nxt
+        if unsent <= 0:
+            # A lone FIN still needs one position of window (as Linux tcp_snd_wnd_test).
+            if self.fin_queued and unsent == 0 and usable >= 1 and (cwnd_space > 0 or force):
+                return 0, True
+            return None
+        n = min(unsent, mss, usable)
+        if n <= 0 or (n > cwnd_space and not force):
+            return None
+        fin = self.fin_queued and n == unsent
+        if n < mss and not force:
+            if n < unsent:
+                # Limited by the peer's window: sender SWS avoidance, RFC 1122 4.2.3.4 rule 3 (RFC 9293
+                # 3.8.6.2.1) sends a runt only if it is at least half the largest window seen.
+                if 2 * n < max_wnd:
+                    return None
+            elif not (nodelay or fin or self.sml_end <= self.una):
+                # Nagle (RFC 9293 3.7.4) with Minshall's refinement as Linux tcp_nagle_check: hold a
+                # small segment while an earlier small one is unacknowledged. A FIN is never held.
+                return None
+        return n, fin and n < usable
+
+    def add_segment(self, length: int, fin: bool, now: float, mss: int) -> Segment:
+        """Record a new segment of ``length`` data bytes (plus FIN) sent at ``now``."""
+        start = self.nxt
+        end = start + length + (1 if fin else 0)
+        seg = Segment(start, end, fin, now)
+        self.segs.append(seg)
+        self.nxt = end
+        if length < mss:
+            self.sml_end = end
+        return seg
+
+    def mark_retransmitted(self, seg: Segment, now: float) -> None:
+        if not seg.retrans:
+            seg.retrans = True
+            self.retrans_bytes += seg.end - seg.start
+        seg.ever_retrans = True
+        seg.sent_at = now
+        if seg.end > self.high_rxt:
+            self.high_rxt = seg.end
+
+    def split(self, seg: Segment, length: int) -> None:
+        """Cut ``seg`` after ``length`` data bytes (a retransmission must fit a smaller MSS)."""
+        i = self.segs.index(seg)
+        tail = Segment(seg.start + length, seg.end, seg.fin, seg.sent_at)
+        for mark in ("sacked", "lost", "retrans", "ever_retrans"):
+            setattr(tail, mark, getattr(seg, mark))
+        seg.end = tail.start
+        seg.fin = False
+        self.segs.insert(i + 1, tail)
+
+    def next_retransmit(self, rule3: bool) -> Segment | None:
+        """RFC 6675 NextSeg() rule 1: the first lost, unSACKed segment above HighRxt; with ``rule3`` (no
+        new data may go) also its rule 3: the first unSACKed one above HighRxt below the highest SACK.
+
+        Lost segments form a prefix of the unSACKed ones (every marking below keeps it so), so the scan
+        from HighRxt stops at the first unSACKed segment not yet retransmitted.
+        """
+        if not self.lost_bytes and not rule3:
+            return None
+        segs = self.segs
+        i = bisect_left(segs, self.high_rxt, key=_start)
+        n = len(segs)
+        while i < n:
+            seg = segs[i]
+            if seg.sacked or seg.retrans:
+                i += 1
+                continue
+            if seg.lost or (rule3 and seg.end <= self.high_sacked):
+                return seg
+            break
+        return None
+
+    # -- acknowledgments ----------------------------------------------------------------------------
+    def ack(self, ack: int) -> tuple[int, float | None, bool]:
+        """Cumulative ACK up to ``ack`` (una < ack <= nxt).
+
+        Returns (bytes acknowledged, send time of the earliest acknowledged segment never retransmitted,
+        whether a retransmitted segment was acknowledged). RFC 6298 3 (Karn) lets only the second serve
+        as an RTT sample, and only when the third is False, as Linux tcp_clean_rtx_queue.
+        """
+        segs = self.segs
+        first_clean: float | None = None
+        rtx = False
+        i = 0
+        n = len(segs)
+        while i < n:
+            seg = segs[i]
+            if seg.end > ack:
+                if seg.start < ack:
+                    self._forget(seg, ack - seg.start)
+                    seg.start = ack
+                break
+            self._forget(seg, seg.end - seg.start)
+            if seg.ever_retrans:
+                rtx = True
+            elif first_clean is None and not seg.sacked:
+                first_clean = seg.sent_at
+            i += 1
+        del segs[:i]
+        acked = ack - self.una
+        data_acked = min(ack, self.end) - self.una
+        if data_acked > 0:
+            del self.buf[:data_acked]
+        self.una = ack
+        if self.high_rxt < ack:
+            self.high_rxt = ack
+        if self.high_sacked < ack:
+            self.high_sacked = ack
+        return acked, first_clean, rtx
+
+    def _forget(self, seg: Segment, n: int) -> None:
+        """Drop n bytes of seg from the counters (acknowledged or trimmed)."""
+        if seg.sacked:
+            self.sacked_bytes -= n
+        elif seg.lost:
+            self.lost_bytes -= n
+        if seg.retrans:
+            self.retrans_bytes -= n
+
+    def sack(self, left: int, right: int) -> int:
+        """Mark the segments inside [left, right) SACKed (RFC 2018, RFC 6675 Update()); returns how many
+        bytes were newly SACKed. Segments only partly covered stay unmarked."""
+        segs = self.segs
+        i = bisect_left(segs, left, key=_start)
+        n = len(segs)
+        newly = 0
+        while i < n:
+            seg = segs[i]
+            if seg.end > right:
+                break
+            if not seg.sacked:
+                size = seg.end - seg.start
+                if seg.lost:
+                    self.lost_bytes -= size
+                if seg.retrans:
+                    self.retrans_bytes -= size
+                    seg.retrans = False
+                seg.sacked = True
+                seg.lost = False
+                newly += size
+                if seg.end > self.high_sacked:
+                    self.high_sacked = seg.end
+            i += 1
+        self.sacked_bytes += newly
+        return newly
+
+    # -- loss marking -------------------------------------------------------------------------------
+    def _mark_lost(self, seg: Segment) -> None:
+        if not seg.lost and not seg.sacked:
+            seg.lost = True
+            self.lost_bytes += seg.end - seg.start
+
+    def mark_head_lost(self) -> Segment | None:
+        """Fast retransmit / NewReno partial ACK: the first unacknowledged segment is lost and is to be
+        retransmitted (again, if it was already)."""
+        if not self.segs:
+            return None
+        seg = self.segs[0]
+        if seg.retrans:
+            seg.retrans = False
+            self.retrans_bytes -= seg.end - seg.start
+        self._mark_lost(seg)
+        self.high_rxt = min(self.high_rxt, seg.start)
+        return seg
+
+    def update_lost(self, mss: int) -> bool:
+        """RFC 6675 IsLost() for every unSACKed segment: lost once DupThresh discontiguous SACKed runs or
+        more than (DupThresh - 1) * SMSS SACKed bytes lie above it. The lost ones form a prefix, so walk
+        from the tail to the first lost candidate, then mark downwards until a segment already marked.
+        Returns whether the first segment is lost."""
+        segs = self.segs
+        if not self.sacked_bytes or not segs:
+            return bool(segs) and segs[0].lost
+        sacked_above = 0
+        runs = 0
+        prev_sacked = False
+        limit = (DUP_THRESH - 1) * mss
+        i = len(segs) - 1
+        while i >= 0:
+            seg = segs[i]
+            if seg.sacked:
+                sacked_above += seg.end - seg.start
+                if not prev_sacked:
+                    runs += 1
+                prev_sacked = True
+            else:
+                prev_sacked = False
+                if runs >= DUP_THRESH or sacked_above > limit:
+                    break
+            i -= 1
+        while i >= 0:
+            seg = segs[i]
+            if seg.lost:
+                break
+            self._mark_lost(seg)
+            i -= 1
+        return segs[0].lost
+
+    def mark_all_lost(self) -> None:
+        """Retransmission timeout: every unSACKed segment is lost and no retransmission is in flight
+        (Linux tcp_enter_loss). SACK marks are kept unless the receiver reneged: a SACKed segment at
+        SND.UNA means it dropped what it had SACKed (RFC 2018 8, Linux tcp_check_sack_reneging)."""
+        segs = self.segs
+        if segs and segs[0].sacked:
+            for seg in segs:
+                seg.sacked = False
+            self.sacked_bytes = 0
+            self.high_sacked = self.una
+        for seg in segs:
+            seg.retrans = False
+            self._mark_lost(seg)
+        self.retrans_bytes = 0
+        self.high_rxt = self.una
+
+    def reset(self) -> None:
+        """Forget everything queued (the connection was reset, aborted or is in TIME-WAIT)."""
+        self.buf = bytearray()
+        self.segs.clear()
+        self.una = self.nxt
+        self.end = min(self.end, self.nxt)
+        self.sacked_bytes = self.lost_bytes = self.retrans_bytes = 0

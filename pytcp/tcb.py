@@ -1,0 +1,470 @@
+"""The transmission control block of one connection (RFC 9293 3.3.1): its variables, the state-change hook
+every transition goes through, option negotiation and the timer bookkeeping shared by the input half
+(pytcp.tcp_input), the output half (pytcp.tcp_output) and the application API (pytcp.connection).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import random
+from collections.abc import Callable
+
+from tcpcore import ACK, RST, build_tcp_ipv4, tcp_options_length
+
+from . import events
+from .config import TCPConfig
+from .congestion import CongestionControl, create, initial_window
+from .mib import MIB
+from .receiver import MAX_WSCALE, Receiver, choose_wscale
+from .recovery import Recovery
+from .rtt import RTTEstimator
+from .sender import Sender
+from .state import Event, State, StateMachine, TransitionRecord
+from .timers import TimerKind, Timers
+
+__all__ = ["TCB", "ChallengeAckLimiter", "ts_clock"]
+
+MASK = 0xFFFFFFFF
+#: RFC 9293 3.7.1: the send MSS when the peer's SYN has no MSS option.
+DEFAULT_MSS = 536
+#: Smallest peer MSS we accept, Linux tcp_min_snd_mss (a tiny MSS only serves resource exhaustion).
+MIN_SND_MSS = 48
+#: RFC 7323 5.5: a TS.Recent older than 24 days is no longer valid for PAWS.
+PAWS_IDLE = 24 * 86400.0
+
+_ESTABLISHED_LIKE = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # RFC 4022 tcpCurrEstab
+_SYN_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
+_KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+
+
+def ts_clock(now: float) -> int:
+    """Our TSval for ``now``: a millisecond clock (RFC 7323 5.4 allows 1 ms to 1 s per tick)."""
+    return int(now * 1000) & MASK
+
+
+class ChallengeAckLimiter:
+    """RFC 5961 7: at most ``limit`` challenge ACKs per second, shared by every connection of a stack.
+
+    With ``rng`` the budget of each second is drawn from [limit/2, limit*3/2) as Linux
+    tcp_send_challenge_ack does, so an attacker cannot count the ACKs to infer sequence numbers
+    (CVE-2016-5696); without it the budget is exactly ``limit`` (deterministic tests).
+    """
+
+    __slots__ = ("_budget", "_rng", "_second", "limit")
+
+    def __init__(self, limit: int, rng: random.Random | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self._rng = rng
+        self._second = -math.inf
+        self._budget = 0
+
+    def challenge_ack_allowed(self, now: float) -> bool:
+        second = math.floor(now)
+        if second != self._second:
+            self._second = second
+            half = (self.limit + 1) // 2
+            rng = self._rng
+            self._budget = self.limit if rng is None else half + rng.randrange(self.limit)
+        if self._budget <= 0:
+            return False
+        self._budget -= 1
+        return True
+
+
+class TCB:
+    """Connection variables and the helpers both halves of the engine use."""
+
+    __slots__ = (
+        "_ack_now",
+        "_ctl",
+        "_emit",
+        "_error",
+        "_fin_deferred",
+        "_keepalive",
+        "_keepalive_time",
+        "_last_ack_sent",
+        "_last_rcv",
+        "_last_send",
+        "_limiter",
+        "_max_sack_blocks",
+        "_mss_table",
+        "_nodelay",
+        "_orphan",
+        "_passive",
+        "_persist_backoff",
+        "_persist_force",
+        "_probe_due",
+        "_probes",
+        "_rd_shut",
+        "_readable_notified",
+        "_recv_cap",
+        "_retransmits",
+        "_sm",
+        "_stall_since",
+        "_syn_pending",
+        "_syn_retransmitted",
+        "_syn_sent_at",
+        "_tx_dirty",
+        "_want_writable",
+        "_wr_shut",
+        "bytes_acked",
+        "bytes_received",
+        "bytes_sent",
+        "cc",
+        "config",
+        "irs",
+        "iss",
+        "keepalive_intvl",
+        "keepalive_probes",
+        "local_addr",
+        "local_port",
+        "max_snd_wnd",
+        "mib",
+        "rcv",
+        "rcv_wscale",
+        "rec",
+        "remote_addr",
+        "remote_port",
+        "rtt",
+        "sack_ok",
+        "snd",
+        "snd_mss",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wnd",
+        "snd_wscale",
+        "timers",
+        "total_retrans",
+        "ts_ok",
+        "ts_recent",
+        "ts_recent_time",
+        "user_timeout",
+        "wscale_ok",
+    )
+
+    def __init__(
+        self,
+        config: TCPConfig,
+        mib: MIB,
+        *,
+        local_addr: int,
+        local_port: int,
+        remote_addr: int,
+        remote_port: int,
+        iss: int,
+        now: float,
+        emit: Callable[[events.Event], None],
+        tracer: Callable[[TransitionRecord], None] | None = None,
+        limiter: ChallengeAckLimiter | None = None,
+    ) -> None:
+        self.config = config
+        self.mib = mib
+        self._emit = emit
+        self._limiter = limiter if limiter is not None else ChallengeAckLimiter(config.challenge_ack_limit)
+        self.local_addr = local_addr
+        self.local_port = local_port
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        name = f"{_fmt(local_addr)}:{local_port}>{_fmt(remote_addr)}:{remote_port}"
+        self._sm = StateMachine(State.CLOSED, name=name, tracer=tracer)
+        self.iss = iss & MASK
+        self.irs = 0
+        self.snd = Sender(config.send_buffer)
+        self._recv_cap = config.recv_buffer
+        self.rcv: Receiver | None = None  # from the peer's SYN on
+        self.rec: Recovery | None = None  # from ESTABLISHED on
+        self.cc: CongestionControl | None = None  # from ESTABLISHED on
+        self.rtt = RTTEstimator(config.rto_initial, config.rto_min, config.rto_max)
+        self.timers = Timers()
+        # Negotiated at the handshake (RFC 9293 3.7.1, RFC 7323, RFC 2018).
+        self.snd_mss = DEFAULT_MSS
+        self._mss_table = [DEFAULT_MSS] * 5
+        self._max_sack_blocks = 0
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.wscale_ok = False
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ts_recent: int | None = None
+        self.ts_recent_time: float | None = None
+        self._last_ack_sent = 0  # RCV.NXT in our last ACK (RFC 7323 4.3 Last.ACK.sent)
+        # Send window (RFC 9293 3.3.1): SND.WND in bytes, SND.WL1/WL2, and MAX.SND.WND (RFC 5961 5.2).
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.max_snd_wnd = 0
+        self._passive = False
+        self._syn_sent_at: float | None = None
+        self._syn_retransmitted = False
+        self._syn_pending = 0  # 1: send our SYN / SYN-ACK, 2: send it again (a retransmission)
+        # Timeouts: consecutive retransmission timeouts, unanswered probes (keep-alive or zero-window,
+        # Linux icsk_probes_out), when the current stall began (user timeout), persist backoff.
+        self._retransmits = 0
+        self._probes = 0
+        self._stall_since: float | None = None
+        self._persist_backoff = 0
+        self._persist_force = False
+        self._probe_due = False
+        self._ack_now = False
+        self._ctl: list[bytes] = []  # built control packets (RSTs) awaiting poll_transmit
+        self._tx_dirty = False
+        # Application side.
+        self._wr_shut = False
+        self._rd_shut = False
+        self._orphan = False  # close() was called: nobody reads any more
+        self._fin_deferred = False  # CLOSE before ESTABLISHED, queued (RFC 9293 3.10.4)
+        self._error: int | None = None
+        self._readable_notified = False
+        self._want_writable = False
+        self._nodelay = config.nodelay
+        self._keepalive = config.keepalive
+        self._keepalive_time = config.keepalive_time
+        self.keepalive_intvl = config.keepalive_intvl
+        self.keepalive_probes = config.keepalive_probes
+        self.user_timeout = config.user_timeout
+        self._last_rcv = now
+        self._last_send = now
+        self.bytes_sent = 0
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.total_retrans = 0
+
+    # -- identity -----------------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._sm.state
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.local_addr, self.local_port, self.remote_addr, self.remote_port)
+
+    @property
+    def snd_nxt(self) -> int:
+        """SND.NXT as a 32-bit sequence number."""
+        return (self.iss + self.snd.nxt) & MASK
+
+    @property
+    def rcv_nxt(self) -> int:
+        """RCV.NXT as a 32-bit sequence number (0 before the peer's SYN)."""
+        rcv = self.rcv
+        return rcv.rcv_nxt if rcv is not None else 0
+
+    def __repr__(self) -> str:
+        return f"Connection({self._sm.name} {self._sm.state.value})"
+
+    def _notify(self, kind: Callable[..., events.Event], *args: int) -> None:
+        """Emit an event about this connection (``self`` is always a Connection at run time)."""
+        self._emit(kind(self, *args))
+
+    # -- state changes ------------------------------------------------------------------------------
+    def _apply(self, event: Event, now: float, note: str = "") -> State:
+        """The state-change hook: every transition goes through here (and StateMachine.apply), so the
+        MIB gauges, the timers tied to states and the Connected / Closed events live in one place."""
+        old = self._sm.state
+        new = self._sm.apply(event, now, note)
+        mib = self.mib
+        if (old in _ESTABLISHED_LIKE) != (new in _ESTABLISHED_LIKE):
+            mib.CurrEstab += 1 if new in _ESTABLISHED_LIKE else -1
+        # RFC 4022 counters, all defined as transitions.
+        if new is State.SYN_SENT and old is State.CLOSED:
+            mib.ActiveOpens += 1
+        elif new is State.SYN_RECEIVED and old is State.LISTEN:
+            mib.PassiveOpens += 1
+        elif new is State.LISTEN and old is State.SYN_RECEIVED:
+            mib.AttemptFails += 1
+        elif new is State.CLOSED:
+            if old in _SYN_STATES:
+                mib.AttemptFails += 1
+            elif old in _ESTABLISHED_LIKE:
+                mib.EstabResets += 1
+            elif old is State.TIME_WAIT and event is Event.TIMEOUT_TIME_WAIT:
+                mib.TW += 1
+            self._teardown()
+            self._notify(events.Closed)
+        elif new is State.ESTABLISHED:
+            self._on_established(now)
+            self._notify(events.Connected)
+            if self._fin_deferred:
+                self._fin_deferred = False
+                self._queue_fin(now)
+        elif new is State.TIME_WAIT:
+            # RFC 9293 3.10.7.4: TIME-WAIT lasts 2 MSL; nothing of ours is outstanding any more.
+            self.timers.arm(TimerKind.TIME_WAIT, now + self.config.time_wait)
+            self.snd.reset()
+            if self.rcv is not None and not self.rcv.readable:
+                self.rcv.release()  # unread bytes stay readable (a half-closed reader may be behind)
+        elif new is State.FIN_WAIT_2 and self._orphan:
+            self.timers.arm(TimerKind.FIN_WAIT_2, now + self.config.fin_timeout)
+        return new
+
+    def _teardown(self) -> None:
+        """CLOSED: no timers, no buffers (RFC 9293 "delete the TCB"); queued RSTs still go out."""
+        timers = self.timers
+        timers.stop()
+        timers.delack_at = None
+        self._ack_now = False
+        self._syn_pending = 0
+        self._probe_due = False
+        self._wr_shut = True
+        self.snd.reset()
+        if self.rcv is not None:
+            self.rcv.release()
+
+    def _on_established(self, now: float) -> None:
+        """Data transfer begins: congestion control, loss recovery and the RTO restart."""
+        mss = self.snd_mss
+        # RFC 5681 3.1 / RFC 6928: IW10; one segment if the handshake needed retransmissions. As Linux
+        # tcp_init_transfer, a single (likely spurious, with the 1 s initial RTO) retransmission is
+        # forgiven: only more than one cuts the window.
+        iw = mss if self.total_retrans > 1 else initial_window(mss, self.config.initial_cwnd_segments)
+        self.cc = create(self.config.congestion_control, mss, iw, now)
+        self.rec = Recovery(self.sack_ok)
+        if self._syn_retransmitted:
+            self.rtt.restart_after_syn_timeout()  # RFC 6298 5.7
+        self._retransmits = 0
+        self._last_send = now
+        self.timers.stop(TimerKind.RETRANSMIT)
+
+    def _queue_fin(self, now: float) -> None:
+        """The user's CLOSE in a synchronized state (RFC 9293 3.10.4): FIN after the queued data."""
+        state = self._sm.state
+        if state is State.ESTABLISHED or state is State.CLOSE_WAIT:
+            self.snd.fin_queued = True
+            self._tx_dirty = True
+            self._apply(Event.APP_CLOSE, now)
+
+    # -- option negotiation -------------------------------------------------------------------------
+    def _negotiate(self, mss: int, wscale: int, sack: bool, timestamps: bool) -> None:
+        """Options from the peer's SYN (or SYN-ACK, or a SYN cookie): each is on only if both sides sent
+        it, except MSS, which each side announces on its own (RFC 9293 3.7.1)."""
+        cfg = self.config
+        peer_mss = max(mss or DEFAULT_MSS, MIN_SND_MSS)
+        # RFC 7323 2.2-2.3: scaling needs the option from both sides; shifts above 14 are clamped.
+        self.wscale_ok = cfg.window_scaling and wscale >= 0
+        self.snd_wscale = min(wscale, MAX_WSCALE) if self.wscale_ok else 0
+        self.rcv_wscale = choose_wscale(cfg.max_buffer) if self.wscale_ok else 0
+        self.sack_ok = cfg.sack and sack  # RFC 2018 2
+        self.ts_ok = cfg.timestamps and timestamps  # RFC 7323 3.2
+        # RFC 9293 3.7.1 / RFC 6691: the MSS counts no options; each segment's payload is what the
+        # MSS leaves beside the options that segment carries (Linux tcp_current_mss).
+        base = min(peer_mss, cfg.mss)
+        ts = self.ts_ok
+        self._mss_table = [base - tcp_options_length(timestamps=ts, sack_blocks=k) for k in range(5)]
+        self.snd_mss = self._mss_table[0]
+        blocks = 0
+        if self.sack_ok:
+            while blocks < 4 and self._mss_table[blocks + 1] < self._mss_table[blocks]:
+                blocks += 1
+        self._max_sack_blocks = blocks
+
+    def _new_receiver(self, irs: int) -> Receiver:
+        self.irs = irs
+        cfg = self.config
+        rcv = self.rcv = Receiver(irs, self._recv_cap, cfg.max_reassembly_ranges, self.rcv_wscale, cfg.mss)
+        rcv.rcv_mss = min(self.snd_mss, DEFAULT_MSS)
+        self._last_ack_sent = rcv.rcv_nxt
+        return rcv
+
+    def _set_ts_recent(self, ts_val: int, now: float) -> None:
+        self.ts_recent = ts_val
+        self.ts_recent_time = now
+
+    # -- timers -------------------------------------------------------------------------------------
+    def _persist_timeout(self) -> float:
+        """RFC 9293 3.8.6.1 / RFC 1122 4.2.2.17: probe intervals back off exponentially from the RTO
+        (Linux tcp_probe0_when), capped at rto_max."""
+        rtt = self.rtt
+        return min(rtt.rto * (1 << min(self._persist_backoff, 30)), rtt.rto_max)
+
+    def _rearm(self, now: float) -> None:
+        """Choose the main timer from what is outstanding. Idempotent: a running retransmission timer
+        is never pushed back here (RFC 6298 5.3 restarts it only on new ACKs)."""
+        timers = self.timers
+        kind = timers.kind
+        state = self._sm.state
+        if kind is TimerKind.TIME_WAIT or kind is TimerKind.FIN_WAIT_2 or state is State.CLOSED:
+            return
+        if state in _SYN_STATES:
+            if kind is not TimerKind.RETRANSMIT and (self._syn_sent_at is not None or self._syn_pending):
+                timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+            return
+        snd = self.snd
+        if snd.nxt != snd.una:
+            # RFC 6298 5.1: data (or a FIN) is outstanding; a probe got through (Linux tcp_ack_probe).
+            self._persist_backoff = 0
+            if kind is not TimerKind.RETRANSMIT:
+                timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+            return
+        if snd.pending:
+            # Data waits for the window and nothing is in flight: the persist timer (RFC 9293 3.8.6.1).
+            if kind is not TimerKind.PERSIST:
+                timers.arm(TimerKind.PERSIST, now + self._persist_timeout())
+            return
+        self._persist_backoff = 0
+        if self._keepalive_active():
+            if kind is not TimerKind.KEEPALIVE:
+                timers.arm(TimerKind.KEEPALIVE, self._last_rcv + self._keepalive_time)
+        elif kind is not None:
+            timers.stop()
+
+    def _keepalive_active(self) -> bool:
+        """SO_KEEPALIVE applies: on, and in a state Linux probes in (not an orphan's FIN-WAIT-2, which
+        has its own timer)."""
+        state = self._sm.state
+        return (
+            self._keepalive
+            and state in _KEEPALIVE_STATES
+            and not (state is State.FIN_WAIT_2 and self._orphan)
+        )
+
+    # -- control segments ---------------------------------------------------------------------------
+    def _queue_rst(self, seq: int, ack: int, with_ack: bool) -> None:
+        """A RST, built now (it names exact numbers) and sent by the next poll_transmit."""
+        self._ctl.append(
+            build_tcp_ipv4(
+                self.local_addr,
+                self.remote_addr,
+                self.local_port,
+                self.remote_port,
+                seq & MASK,
+                ack & MASK if with_ack else 0,
+                RST | ACK if with_ack else RST,
+                0,
+                ttl=self.config.ttl,
+            )
+        )
+        self.mib.OutRsts += 1
+        self.mib.OutSegs += 1
+        self._tx_dirty = True
+
+    def _reset_peer(self) -> None:
+        """RST as Linux tcp_send_active_reset: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=RST,ACK>."""
+        self._queue_rst(self.snd_nxt, self.rcv_nxt, True)
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 3.2 / 4.2 / 5.2: an ACK that lets a genuine peer resynchronise, rate-limited (7)."""
+        if self._limiter.challenge_ack_allowed(now):
+            self.mib.TCPChallengeACK += 1
+            self._ack_now = True
+        else:
+            self.mib.TCPAckSkippedChallenge += 1
+
+    def _fail(self, err: int, now: float, *, reset_peer: bool) -> None:
+        """Give up on the connection (timeouts): tell the application, go to CLOSED."""
+        state = self._sm.state
+        silent = state is State.SYN_RECEIVED and self._passive  # never seen by the application
+        if not silent:
+            self.mib.TCPAbortOnTimeout += 1
+        if reset_peer:
+            self._reset_peer()
+        self._error = err
+        if not silent:
+            self._notify(events.ConnectionFailed, err)
+        self._apply(Event.GIVE_UP, now, errno.errorcode.get(err, str(err)))
+
+
+def _fmt(address: int) -> str:
+    return ".".join(str(address >> shift & 0xFF) for shift in (24, 16, 8, 0))

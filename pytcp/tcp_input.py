@@ -1,0 +1,372 @@
+"""Segment arrival (RFC 9293 3.10.7.3 for SYN-SENT, 3.10.7.4 for every later state), with the RFC 5961
+hardening, RFC 7323 PAWS and timestamps, and the ACK processing that feeds the sender, the RTT estimator,
+loss recovery and congestion control.
+
+URG (3.10.7.4 sixth check) is ignored: the urgent pointer is not reported and urgent bytes are delivered
+inline like any others, which is what RFC 6093 recommends applications assume.
+"""
+
+from __future__ import annotations
+
+from errno import ECONNREFUSED, ECONNRESET
+
+from tcpcore import ACK, FIN, RST, SYN, TCPSegment, seq_add, seq_diff, seq_in_window, seq_le, seq_lt
+
+from . import events
+from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER
+from .recovery import Phase
+from .state import Event, State
+from .tcb import MASK, PAWS_IDLE, TCB, ts_clock
+from .timers import TimerKind
+
+__all__ = ["InputMixin"]
+
+_TEXT_STATES = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+# Half of the 32-bit timestamp space: a TSecr "older" than this is from another epoch, not an RTT.
+_TS_HALF = 1 << 31
+
+
+def acceptable(seq: int, seglen: int, rcv_nxt: int, wnd: int) -> bool:
+    """RFC 9293 3.10.7.4 first check: the four cases of segment length and receive window."""
+    if seglen == 0:
+        return seq == rcv_nxt if wnd == 0 else seq_in_window(seq, rcv_nxt, wnd)
+    if wnd == 0:
+        return False
+    return seq_in_window(seq, rcv_nxt, wnd) or seq_in_window(seq_add(seq, seglen - 1), rcv_nxt, wnd)
+
+
+class InputMixin(TCB):
+    __slots__ = ()
+
+    def handle_segment(self, seg: TCPSegment, now: float) -> None:
+        """Process one segment addressed to this connection (the stack demultiplexed it)."""
+        state = self._sm.state
+        if state is State.CLOSED or state is State.LISTEN:
+            return
+        self._tx_dirty = True
+        if state is State.SYN_SENT:
+            self._input_syn_sent(seg, now)
+        else:
+            self._input(seg, now, state)
+        if self._sm.state is not State.CLOSED:
+            self._rearm(now)
+
+    # -- SYN-SENT -----------------------------------------------------------------------------------
+    def _input_syn_sent(self, seg: TCPSegment, now: float) -> None:
+        """RFC 9293 3.10.7.3."""
+        flags = seg.flags
+        # First check: an ACK must cover our SYN and nothing more (ISS < SEG.ACK =< SND.NXT).
+        if flags & ACK and seq_diff(seg.ack, self.iss) != 1:
+            if not flags & RST:
+                self._queue_rst(seg.ack, 0, False)  # <SEQ=SEG.ACK><CTL=RST>
+            return
+        if flags & RST:
+            # Second check (RFC 5961 3.2 keeps it for SYN-SENT): only with an acceptable ACK.
+            if flags & ACK:
+                self._on_reset(now)
+            return
+        if not flags & SYN:
+            return  # fifth check: neither SYN nor RST
+        self._negotiate(seg.mss, seg.wscale, seg.sack_permitted, seg.has_timestamps)
+        self._new_receiver(seg.seq)
+        if self.ts_ok:
+            self._set_ts_recent(seg.ts_val, now)
+        # SYN and SYN-ACK windows are never scaled (RFC 7323 2.2).
+        self.snd_wnd = self.max_snd_wnd = seg.window
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = seg.ack
+        if not flags & ACK:
+            # Simultaneous open: SYN-RECEIVED, answer with SYN,ACK (fourth check, "Otherwise"); its ACK
+            # will time the SYN-ACK, not our first SYN.
+            self._syn_pending = 1
+            self._syn_sent_at = None
+            self._apply(Event.RCV_SYN, now, "simultaneous open")
+            return
+        self._handshake_rtt(seg, now)
+        self._ack_now = True
+        self._apply(Event.RCV_SYN_ACK, now)
+        if seg.payload_length or flags & FIN:
+            # "continue processing at the sixth step": text and FIN carried by the SYN,ACK.
+            self._input_text(seg, seq_add(seg.seq, 1), False, now)
+
+    def _handshake_rtt(self, seg: TCPSegment, now: float) -> None:
+        """An RTT sample from the ACK of our SYN or SYN-ACK: Karn's rule unless the timestamp echo tells
+        which transmission it answers (RFC 6298 3, RFC 7323 4)."""
+        sent = self._syn_sent_at
+        if sent is None:
+            return  # a SYN cookie: the stack, not this TCB, sent the SYN-ACK
+        if not self._syn_retransmitted and now >= sent:
+            self.rtt.sample(now - sent)
+        elif self.ts_ok and seg.has_timestamps and seg.ts_ecr:
+            self._ts_sample(seg.ts_ecr, now)
+
+    def _ts_sample(self, ts_ecr: int, now: float) -> None:
+        elapsed = (ts_clock(now) - ts_ecr) & MASK
+        if elapsed < _TS_HALF:
+            self.rtt.sample(elapsed / 1000)
+
+    # -- every other state --------------------------------------------------------------------------
+    def _input(self, seg: TCPSegment, now: float, state: State) -> None:
+        rcv = self.rcv
+        assert rcv is not None
+        flags = seg.flags
+        seq = seg.seq
+        n = seg.payload_length
+        if state is State.SYN_RECEIVED and flags & (SYN | ACK | RST) == SYN and seq == self.irs:
+            # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
+            self._syn_pending = 2
+            return
+        seglen = n + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        rcv_nxt = rcv.rcv_nxt
+        if self.ts_ok and seg.has_timestamps and not flags & RST and self._paws_reject(seg.ts_val, now):
+            # RFC 7323 5.3 R1: an old duplicate by its timestamp; ACK and drop.
+            self.mib.PAWSEstab += 1
+            self._ack_now = True
+            return
+        # Any segment from the peer shows it is alive (RFC 1122 4.2.3.6: keep-alive idle time; the
+        # unanswered-probe count of keep-alive and zero-window probing alike).
+        self._last_rcv = now
+        self._probes = 0
+        if state is State.TIME_WAIT and flags & (FIN | RST | SYN) == FIN and seq_add(seq, seglen) == rcv_nxt:
+            # RFC 9293 3.10.7.4 eighth: the peer retransmitted its FIN (our ACK was lost): ACK it again
+            # and restart the 2 MSL timeout.
+            self._ack_now = True
+            self.timers.arm(TimerKind.TIME_WAIT, now + self.config.time_wait)
+            return
+        wnd = rcv.wnd
+        drop_text = False
+        if not acceptable(seq, seglen, rcv_nxt, wnd):
+            if wnd == 0 and seq == rcv_nxt and not flags & SYN:
+                # RFC 9293 3.10.7.4: with a zero window "special allowance should be made to accept
+                # valid ACKs, URGs, and RSTs"; the text is dropped (Linux TCPZeroWindowDrop).
+                drop_text = True
+            else:
+                if flags & RST:
+                    return
+                if flags & SYN:
+                    self._syn_challenge(now)
+                    return
+                if n and self.sack_ok and self.config.dsack and seq_le(seq_add(seq, n), rcv_nxt):
+                    rcv.dsack = (seq, seq_add(seq, n))  # RFC 2883 4: a duplicate, reported once
+                self._ack_now = True  # "send an acknowledgment in reply"
+                return
+        if flags & RST:
+            if state is State.TIME_WAIT:
+                return  # RFC 1337 TIME-WAIT assassination fix: ignore RST in TIME-WAIT
+            if seq == rcv_nxt:
+                self._on_reset(now)  # RFC 5961 3.2: exactly RCV.NXT
+            else:
+                self._challenge_ack(now)  # RFC 5961 3.2: in the window, not exact
+            return
+        if flags & SYN:
+            if state is State.SYN_RECEIVED and self._passive:
+                # RFC 9293 3.10.7.4 fourth check: a passive open returns to LISTEN (the child goes).
+                self._passive_reset(now, "rcv SYN")
+            else:
+                self._syn_challenge(now)  # RFC 5961 4.2: any SYN in a synchronized state
+            return
+        if self.ts_ok and seg.has_timestamps:
+            # RFC 7323 4.3 (3) / 5.3 R3: TS.Recent follows segments at or below Last.ACK.sent.
+            recent = self.ts_recent
+            if recent is None or (seq_le(seq, self._last_ack_sent) and seq_diff(seg.ts_val, recent) >= 0):
+                self._set_ts_recent(seg.ts_val, now)
+        if not flags & ACK:
+            return  # fifth check: "if the ACK bit is off, drop the segment and return"
+        if state is State.SYN_RECEIVED:
+            if seq_diff(seg.ack, self.iss) != 1:
+                self._queue_rst(seg.ack, 0, False)  # unacceptable ACK: <SEQ=SEG.ACK><CTL=RST>
+                return
+            self._handshake_rtt(seg, now)
+            self.snd_wnd = seg.window << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1 = seq
+            self.snd_wl2 = seg.ack
+            self._apply(Event.RCV_ACK_OF_SYN, now)
+        if not self._input_ack(seg, now):
+            return
+        state = self._sm.state
+        snd = self.snd
+        fin_acked_now = False
+        if snd.fin_queued and snd.fin_acked:
+            if state is State.LAST_ACK:
+                self._apply(Event.RCV_ACK_OF_FIN, now)
+                return
+            if state is State.CLOSING:
+                self._apply(Event.RCV_ACK_OF_FIN, now)
+                return
+            fin_acked_now = state is State.FIN_WAIT_1
+        if state in _TEXT_STATES:
+            if drop_text:
+                self.mib.TCPZeroWindowDrop += 1
+                self._ack_now = True
+            elif n or flags & FIN:
+                self._input_text(seg, seq, fin_acked_now, now)
+                return
+        elif n or flags & FIN:
+            self._ack_now = True  # text or FIN after the peer's FIN: a duplicate; ACK it
+        if fin_acked_now:
+            self._apply(Event.RCV_ACK_OF_FIN, now)
+
+    def _paws_reject(self, ts_val: int, now: float) -> bool:
+        """RFC 7323 5.3 R1: SEG.TSval < TS.Recent, with TS.Recent still valid (5.5: < 24 days idle)."""
+        recent = self.ts_recent
+        if recent is None or seq_diff(ts_val, recent) >= 0:
+            return False
+        stamp = self.ts_recent_time
+        return stamp is None or now - stamp <= PAWS_IDLE
+
+    def _syn_challenge(self, now: float) -> None:
+        self.mib.TCPSYNChallenge += 1
+        self._challenge_ack(now)
+
+    def _on_reset(self, now: float) -> None:
+        """An acceptable RST (RFC 9293 3.10.7.3-4 second check): the connection is gone."""
+        state = self._sm.state
+        if state is State.SYN_RECEIVED and self._passive:
+            self._passive_reset(now, "rcv RST")
+            return
+        err = ECONNREFUSED if state is State.SYN_SENT or state is State.SYN_RECEIVED else ECONNRESET
+        self._error = err
+        self._notify(events.ConnectionReset, err)
+        self._apply(Event.RCV_RST, now)
+
+    def _passive_reset(self, now: float, note: str) -> None:
+        """RFC 9293 3.10.7.4: a passively opened SYN-RECEIVED TCB returns to LISTEN; being the listener's
+        child, it is then deleted (the listener itself stays)."""
+        self._apply(Event.PASSIVE_RESET, now, note)
+        self._apply(Event.APP_CLOSE, now, "child of a listener: delete the TCB")
+
+    # -- the ACK field ------------------------------------------------------------------------------
+    def _input_ack(self, seg: TCPSegment, now: float) -> bool:
+        """RFC 9293 3.10.7.4 fifth check in a synchronized state; False drops the segment."""
+        snd = self.snd
+        ack = seg.ack
+        una = snd.una
+        d = seq_diff(ack, (self.iss + una) & MASK)
+        if d > snd.nxt - una or d < -self.max_snd_wnd:
+            # RFC 5961 5.2: SEG.ACK outside [SND.UNA - MAX.SND.WND, SND.NXT]: challenge ACK and drop
+            # (RFC 9293: an ACK of something not yet sent is answered with an ACK and dropped too).
+            self._challenge_ack(now)
+            return False
+        if d < 0:
+            return True  # an old duplicate ACK: ignore the field, keep the text
+        seq = seg.seq
+        wnd_changed = False
+        wl1 = self.snd_wl1
+        if seq_lt(wl1, seq) or (wl1 == seq and seq_le(self.snd_wl2, ack)):
+            # RFC 9293 3.10.7.4: the window comes from the newest segment (SND.WL1, SND.WL2).
+            wnd = seg.window << self.snd_wscale
+            if wnd != self.snd_wnd:
+                wnd_changed = True
+                self.snd_wnd = wnd
+                if wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+        flight = snd.nxt - una
+        acked = 0
+        if d > 0:
+            acked, sent_at, rtx = snd.ack(una + d)
+            # RFC 6298 3 (Karn): only never-retransmitted segments give samples, unless the timestamp
+            # echo identifies the transmission (RFC 7323 4.1); Linux prefers the former, as here.
+            if not rtx and sent_at is not None and now >= sent_at:
+                self.rtt.sample(now - sent_at)
+            elif self.ts_ok and seg.has_timestamps and seg.ts_ecr:
+                self._ts_sample(seg.ts_ecr, now)
+            self.bytes_acked += acked
+            self._retransmits = 0
+            self._stall_since = None
+        newly = self._input_sack(seg.sack_blocks, ack) if self.sack_ok and seg.sack_blocks else 0
+        rec = self.rec
+        cc = self.cc
+        assert rec is not None and cc is not None
+        if self.sack_ok:
+            # RFC 6675 2: with SACK, a duplicate ACK is one that newly SACKs data (whatever else it does).
+            dup = newly > 0
+        else:
+            # RFC 5681 2: same ACK, no data, no SYN/FIN, same window, data outstanding.
+            dup = d == 0 and not seg.payload_length and not seg.flags & (SYN | FIN) and not wnd_changed
+            dup = dup and flight > 0
+        if acked or dup:
+            was_recovering = rec.phase is Phase.RECOVERY
+            restart = rec.on_ack(
+                snd, cc, self.mib, acked=acked, newly_sacked=newly, dup=dup, mss=self.snd_mss, now=now
+            )
+            if acked and not was_recovering and rec.phase is not Phase.RECOVERY:
+                cc.on_ack(acked, now, self.rtt.srtt, flight)
+            if acked:
+                timers = self.timers
+                if snd.nxt == snd.una:
+                    timers.stop(TimerKind.RETRANSMIT)  # RFC 6298 5.2
+                elif restart:
+                    timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.3
+                if self._want_writable and 2 * snd.free >= snd.capacity - snd.free:
+                    # As Linux sk_stream_write_space: wake the writer once half of what is queued fits.
+                    self._want_writable = False
+                    self._notify(events.Writable)
+        return True
+
+    def _input_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
+        """Mark SACKed segments (RFC 2018, RFC 6675 Update()); returns newly SACKed bytes. A first block
+        below the cumulative ACK or inside the second is a D-SACK (RFC 2883 4, as Linux tcp_check_dsack):
+        counted, never taken as a loss signal."""
+        snd = self.snd
+        una = snd.una
+        una32 = (self.iss + una) & MASK
+        span = snd.nxt - una
+        newly = 0
+        for i, (left, right) in enumerate(blocks):
+            if i == 0 and (
+                seq_lt(left, ack)
+                or (len(blocks) > 1 and seq_le(blocks[1][0], left) and seq_le(right, blocks[1][1]))
+            ):
+                self.mib.TCPDSACKRecv += 1
+                continue
+            lo = seq_diff(left, una32)
+            hi = seq_diff(right, una32)
+            if lo < 0 or hi > span or lo >= hi:
+                continue  # stale or bogus (Linux tcp_is_sackblock_valid)
+            newly += snd.sack(una + lo, una + hi)
+        return newly
+
+    # -- text and FIN -------------------------------------------------------------------------------
+    def _input_text(self, seg: TCPSegment, seq: int, fin_acked_now: bool, now: float) -> None:
+        """RFC 9293 3.10.7.4 seventh (text) and eighth (FIN) checks, then the ACK decision."""
+        rcv = self.rcv
+        assert rcv is not None
+        n = seg.payload_length
+        if self._orphan and n and seq_lt(rcv.rcv_nxt, seq_add(seq, n)):
+            # New data for a closed socket: nobody will read it. RFC 9293 3.10.4 / RFC 2525 2.17 and
+            # Linux tcp_rcv_state_process: reset (TCPAbortOnData).
+            self.mib.TCPAbortOnData += 1
+            self._reset_peer()
+            self._apply(Event.APP_ABORT, now, "data after close")
+            return
+        before = rcv.data_nxt
+        result = rcv.on_segment(seq, seg.payload, bool(seg.flags & FIN), self.sack_ok and self.config.dsack)
+        mib = self.mib
+        if result & NEW_DATA:
+            self.bytes_received += (rcv.data_nxt - before) & MASK
+        if result & OUT_OF_ORDER:
+            mib.TCPOFOQueue += 1
+        if result & DROPPED:
+            mib.TCPOFODrop += 1
+        if rcv.ack_decision(result, self.config.quickack_segments):
+            self._ack_now = True
+        elif rcv.unacked and self.timers.delack_at is None:
+            self.timers.delack_at = now + self.config.delayed_ack  # RFC 5681 4.2 / RFC 9293 3.8.6.3
+        if result & NEW_DATA:
+            if self._rd_shut:
+                rcv.read(-1)  # SHUT_RD: the application wants no more; keep the window open
+            elif not self._readable_notified:
+                self._readable_notified = True
+                self._notify(events.DataReadable)
+        if result & FIN_NOW:
+            self._notify(events.PeerClosed)
+            state = self._sm.state
+            if state is State.FIN_WAIT_1 and fin_acked_now:
+                self._apply(Event.RCV_FIN_ACK_OF_FIN, now)
+            else:
+                self._apply(Event.RCV_FIN, now)
+        elif fin_acked_now:
+            self._apply(Event.RCV_ACK_OF_FIN, now)

@@ -1,0 +1,75 @@
+"""Timestamps (RFC 7323 3-4) and PAWS (RFC 7323 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytcp.state import State
+from tcpcore import ACK, RST, SYN
+
+
+def ts_established(tcp, t=1.0, **changes):
+    p = tcp.syn_sent(tcp.PLAIN.replace(timestamps=True, **changes), now=t)
+    p.deliver(SYN | ACK, p.irs, p.iss + 1, mss=1000, ts=(500, int(t * 1000)), t=t + 0.01)
+    p.expect(".", ts=(int(t * 1000) + 10, 500))
+    p.take_events()
+    return p
+
+
+def test_every_segment_carries_tsval_and_ts_recent(tcp):
+    p = ts_established(tcp)
+    assert p.conn.info().snd_mss == 1000 - 12
+    p.call("send", b"x" * 2000)
+    p.expect(".", length=988, ts=(1010, 500))
+    p.expect(".", length=988, ts=(1010, 500))
+    p.expect("P.", length=24, ts=(1010, 500))
+
+
+def test_ts_recent_follows_last_ack_sent(tcp):
+    """RFC 7323 4.3: with delayed ACKs, echo the timestamp of the earliest unacknowledged segment."""
+    p = ts_established(tcp)
+    p.deliver(ACK, p.irs + 1, p.iss + 1, payload=b"a" * 100, ts=(600, 1010), t=1.1)
+    p.deliver(ACK, p.irs + 101, p.iss + 1, payload=b"b" * 100, ts=(700, 1010), t=1.11)
+    p.advance(1.2)
+    p.expect(".", ack=p.irs + 201, ts=(1140, 600))
+    p.deliver(ACK, p.irs + 201, p.iss + 1, payload=b"c" * 100, ts=(800, 1140), t=1.3)
+    p.advance(1.4)
+    p.expect(".", ack=p.irs + 301, ts=(1340, 800))
+
+
+def test_paws_drops_old_duplicates(tcp):
+    p = ts_established(tcp)
+    p.deliver(ACK, p.irs + 1, p.iss + 1, payload=b"new", ts=(600, 1010), t=1.1)
+    p.advance(1.2)
+    p.drain()
+    p.deliver(ACK, p.irs + 4, p.iss + 1, payload=b"old", ts=(550, 1010), t=1.3)
+    p.expect(".", ack=p.irs + 4, ts=(1300, 600))  # RFC 7323 5.3 R1: ACK and drop
+    assert p.mib.PAWSEstab == 1 and p.conn.readable == 3
+
+
+def test_paws_does_not_apply_to_rst(tcp):
+    p = ts_established(tcp)
+    p.deliver(ACK, p.irs + 1, p.iss + 1, ts=(600, 1010), t=1.1)
+    p.deliver(RST, p.irs + 1, ts=(1, 0), t=1.2)
+    assert p.state is State.CLOSED
+
+
+def test_ts_recent_expires_after_24_days(tcp):
+    """RFC 7323 5.5: an idle connection's TS.Recent is invalid after 24 days; PAWS must not reject."""
+    p = ts_established(tcp)
+    day = 86400.0
+    p.deliver(ACK, p.irs + 1, p.iss + 1, payload=b"x", ts=(100, 1010), t=1.0 + 25 * day)
+    assert p.mib.PAWSEstab == 0 and p.conn.readable == 1
+
+
+def test_timestamp_echo_measures_retransmitted_segments(tcp):
+    """RFC 7323 4.1: the echo says which transmission an ACK answers, so Karn's rule is not needed."""
+    p = ts_established(tcp)
+    assert p.conn.info().rtt == pytest.approx(0.01)
+    p.call("send", b"r")
+    p.drain()
+    p.advance(p.conn.get_timer())
+    retransmitted = p.expect("P.", payload=b"r")
+    ts_val = retransmitted.seg.ts_val
+    p.deliver(ACK, p.irs + 1, p.iss + 2, ts=(700, ts_val), t=p.now + 0.05)
+    assert p.conn.info().rtt == pytest.approx(0.875 * 0.01 + 0.125 * 0.05)
