@@ -1,0 +1,620 @@
+"""The runtime: one thread that puts the sans-I/O stack on a real TUN device.
+
+The engine (pytcp.stack) never reads a clock and never touches a file descriptor; this module owns both.
+Its single loop thread waits on the TUN fd and a wake-up eventfd with a timeout equal to the stack's next
+timer, and on every wake-up:
+
+1. reads every packet the device holds, in batches (tcpcore.PacketBatch), feeding each to the stack with
+   one monotonic ``now`` per batch, and writes the stack's answers after each batch so ACKs leave while
+   the kernel is still sending;
+2. runs the calls other threads queued with ``call`` (the socket layer does every operation that way, so
+   the engine stays single-threaded);
+3. fires due timers, writes all output with one batched ``write_many``;
+4. hands the stack's events to per-connection waiters (pytcp.socket) and to registered listeners
+   (the asyncio layer uses ``loop.call_soon_threadsafe`` there).
+
+Offloads (TunDevice with ``offload=True``): inbound packets flagged NEEDS_CSUM or DATA_VALID skip checksum
+verification (``Stack.receive(..., checksum_verified=True)``), and inbound TSO super-packets reach the stack
+whole, one 64 KB segment per read. Outbound, a packet longer than the MTU leaves as a GSO super-packet
+that the kernel cuts into MTU-sized segments. The engine builds MSS-sized segments today (``open`` caps
+the MSS at MTU - 40), so that path only serves an engine that coalesces a flight into one packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import math
+import os
+import select
+import socket as _socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+from tcpcore import PacketBatch, pseudo_header_sum
+from tcpcore._types import Buffer
+from tcpcore.constants import IPPROTO_TCP
+from tcpcore.errors import MalformedPacket
+
+from .config import TCPConfig
+from .events import Closed, Event, IncomingConnection
+from .netns import NetNamespace
+from .pcap import PcapWriter, open_pcap
+from .socket import Socket
+from .stack import Stack
+from .state import State
+from .tun import TunDevice
+from .vnet import VnetHeader
+
+__all__ = ["RuntimeCounters", "RuntimeNotRunning", "StackRuntime", "Waiter"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Packets per read batch: Linux's NAPI weight (see tcpcore.PacketBatch), about 4 MB of slots.
+BATCH_SLOTS = 64
+#: Full batches read per wake-up before calls, timers and events get their turn: 16 x 64 = 1024 packets,
+#: Linux's netdev_budget-sized share (300 packets, rounded up to whole batches of 64 with room for
+#: GSO-less traffic) so a kernel flooding the device cannot starve the application's calls.
+BATCHES_PER_WAKEUP = 16
+#: Calls queued between two wake-ups. Each wake-up runs every queued call, so the queue holds only what
+#: threads submit during one iteration (well under a millisecond); 64 Ki is far beyond any real burst
+#: (one blocked thread or one asyncio operation per call) and caps the queue at a few MB.
+MAX_PENDING_CALLS = 65536
+#: Share of ``stop(timeout)`` spent waiting for FIN handshakes before the survivors are reset; the other
+#: half is left for the RSTs to go out and the thread to finish.
+GRACEFUL_SHARE = 0.5
+#: IPv4 + TCP headers without options (RFC 791, RFC 9293): the MSS that fits an MTU is MTU - 40.
+TCPIP_HEADERS = 40
+#: States a connection may be left in when the runtime stops: TIME-WAIT only protects against old
+#: duplicates, which cannot outlive the device that is about to be removed.
+_SETTLED = frozenset({State.CLOSED, State.TIME_WAIT})
+_TCP_CHECKSUM = struct.Struct("!H")
+_TCP_CHECKSUM_OFFSET = 16
+
+
+class RuntimeNotRunning(OSError):
+    """The runtime is not (or no longer) running: ENETDOWN, as a socket whose interface went away."""
+
+    def __init__(self, message: str = "pytcp runtime is not running") -> None:
+        super().__init__(errno.ENETDOWN, message)
+
+
+class Device(Protocol):
+    """What the runtime needs from its link: pytcp.tun.TunDevice (tests substitute a datagram socket)."""
+
+    @property
+    def mtu(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def offload(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def read_into(self, batch: PacketBatch, max_packets: int = -1) -> int: ...
+    def parse_inbound(self, packet: Buffer) -> tuple[VnetHeader, memoryview]: ...
+    def write_many(
+        self, packets: Sequence[Buffer], gso_mss: int = 0, *, checksum_offload: bool = False
+    ) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RuntimeCounters:
+    """What the loop itself saw (the stack's own counters are in its MIB)."""
+
+    wakeups: int = 0
+    batches: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_trusted: int = 0  # checksum verification skipped (NEEDS_CSUM / DATA_VALID)
+    rx_not_ipv4: int = 0  # IPv6 neighbour discovery and the like: not ours to answer
+    rx_malformed: int = 0  # no valid virtio_net_hdr
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_gso: int = 0  # super-packets handed to the kernel for segmentation
+    tx_dropped: int = 0  # device queue full (EAGAIN); TCP retransmits them
+    calls: int = 0
+    events: int = 0
+    callback_errors: int = 0
+
+
+class Waiter:
+    """Wakes application threads blocked on one connection or listener.
+
+    The loop thread bumps ``generation`` for each event; a thread that saw generation g while attempting
+    an operation on the loop thread sleeps until it differs, so an event dispatched between the attempt
+    and the sleep is never lost.
+    """
+
+    __slots__ = ("condition", "generation")
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition(threading.Lock())
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self.condition:
+            self.generation += 1
+            self.condition.notify_all()
+
+    def wait(self, seen: int, deadline: float | None, running: Callable[[], bool]) -> bool:
+        """Sleep until the generation moves past ``seen``; False at ``deadline`` (monotonic)."""
+        with self.condition:
+            while self.generation == seen and running():
+                if deadline is None:
+                    self.condition.wait()
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.condition.wait(left)
+        return True
+
+
+class StackRuntime:
+    """Drives a Stack on a TUN device from one thread; see the module docstring."""
+
+    def __init__(
+        self,
+        tun: Device,
+        stack: Stack,
+        *,
+        pcap: str | os.PathLike[str] | None = None,
+        batch_slots: int = BATCH_SLOTS,
+    ) -> None:
+        if stack.config.mss + TCPIP_HEADERS > tun.mtu and not tun.offload:
+            # Larger segments could only leave as GSO super-packets, which need the offload header.
+            raise ValueError(f"mss {stack.config.mss} does not fit the {tun.mtu}-byte MTU without offload")
+        self._tun = tun
+        self._stack = stack
+        self._mtu = tun.mtu
+        self._batch = PacketBatch(slots=batch_slots)
+        self._pcap: PcapWriter | None = open_pcap(pcap) if pcap is not None else None
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Reentrant: stop() may run in a signal handler that interrupted wake() on the same thread.
+        self._wake_lock = threading.RLock()
+        self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._listeners: tuple[Callable[[Event], None], ...] = ()
+        self._waiters: dict[object, Waiter] = {}
+        #: Local ports of pytcp.socket sockets bound but not yet listening or connected (loop thread).
+        self.bound_ports: set[int] = set()
+        self._counters = RuntimeCounters()
+        self._now = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._accepting = False  # call() takes work
+        self._stopping = False
+        self._grace = 0.0
+        self._shutdown_deadline: float | None = None
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        tun_name: str = "pytcp0",
+        *,
+        stack_address: str = "198.18.0.2",
+        kernel_address: str = "198.18.0.1",
+        prefix_len: int = 15,
+        mtu: int = 1500,
+        offload: bool = True,
+        config: TCPConfig | None = None,
+        netns: NetNamespace | str | None = None,
+        pcap: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+    ) -> StackRuntime:
+        """Create the TUN device (inside ``netns`` if given) and a Stack answering as ``stack_address``.
+
+        The announced MSS is capped at ``mtu - 40`` as Linux derives it from the route MTU, so every
+        segment the engine builds fits the device.
+        """
+        config = config or TCPConfig()
+        if config.mss > mtu - TCPIP_HEADERS:
+            config = config.replace(mss=mtu - TCPIP_HEADERS)
+        stack = Stack(int(ipaddress.IPv4Address(stack_address)), config, seed=seed)
+        tun = TunDevice(
+            tun_name,
+            kernel_address=kernel_address,
+            stack_address=stack_address,
+            prefix_len=prefix_len,
+            mtu=mtu,
+            offload=offload,
+            netns=netns,
+        )
+        try:
+            return cls(tun, stack, pcap=pcap)
+        except BaseException:
+            tun.close()
+            raise
+
+    # -- properties ----------------------------------------------------------------------------------
+
+    @property
+    def stack(self) -> Stack:
+        """The engine; touch it only on the loop thread (inside ``call``)."""
+        return self._stack
+
+    @property
+    def tun(self) -> Device:
+        return self._tun
+
+    @property
+    def now(self) -> float:
+        """The loop's monotonic clock as of the current wake-up; the ``now`` for engine calls in ``call``."""
+        return self._now
+
+    @property
+    def running(self) -> bool:
+        """True from ``start`` until ``stop`` begins (or the loop thread fails)."""
+        return self._accepting and not self._stopping
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception that ended the loop thread, if it failed (it is logged as well)."""
+        return self._failure
+
+    def on_loop_thread(self) -> bool:
+        # The Thread object, not its ident: idents are reused once a thread has exited.
+        return threading.current_thread() is self._thread
+
+    # -- lifetime ------------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._thread is not None or self._closed:
+            raise RuntimeError("a StackRuntime starts once")
+        self._accepting = True
+        # A daemon thread: a runtime its owner forgot to stop must not keep the interpreter alive.
+        self._thread = threading.Thread(target=self._main, name=f"pytcp-{self._tun.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every connection, then remove the device. Idempotent; safe from a signal handler.
+
+        The first ``timeout * GRACEFUL_SHARE`` seconds go to orderly closes (FIN); connections not in
+        CLOSED or TIME-WAIT by then are reset. TimeoutError if the loop thread does not finish in
+        ``timeout``, in which case the device is left open (the thread may still be using it).
+        """
+        if self.on_loop_thread():
+            raise RuntimeError("stop() cannot run on the runtime's own thread")
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            if not self._stopping:
+                self._grace = max(0.0, timeout) * GRACEFUL_SHARE
+                # The flag first, then the wake-up: the loop reads the flag after it wakes.
+                self._stopping = True
+                self._wake()
+            thread.join(max(0.0, timeout))
+            if thread.is_alive():
+                raise TimeoutError(f"runtime thread did not stop within {timeout} s")
+        self._close_resources()
+
+    def __enter__(self) -> Self:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _close_resources(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        self._tun.close()
+        if self._pcap is not None:
+            self._pcap.close()
+        with self._wake_lock:
+            fd, self._wake_fd = self._wake_fd, -1
+            os.close(fd)
+
+    # -- cross-thread entry points -------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the loop thread; its result or exception lands in the returned Future.
+
+        On the loop thread itself (an event listener, a function already inside ``call``) ``fn`` runs at
+        once, so code shared by both sides cannot deadlock waiting for itself.
+        """
+        future: Future[T] = Future()
+        if self.on_loop_thread():
+            future.set_running_or_notify_cancel()
+            _run_into(future, fn, args)
+            return future
+        if not self.running:
+            future.set_exception(RuntimeNotRunning())
+            return future
+        if len(self._calls) >= MAX_PENDING_CALLS:
+            future.set_exception(OSError(errno.ENOBUFS, "too many calls queued on the pytcp runtime"))
+            return future
+        self._calls.append((future, fn, args))
+        if self._accepting:
+            self._wake()
+        else:
+            # The loop stopped between the check above and the append and may have drained already.
+            self._fail_calls()
+        return future
+
+    def add_event_listener(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` on the loop thread for every stack event. It must not block; an
+        exception it raises is logged and counted, never propagated into the loop."""
+        self._listeners = (*self._listeners, callback)
+
+    def remove_event_listener(self, callback: Callable[[Event], None]) -> None:
+        self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
+
+    def watch(self, key: object) -> Waiter:
+        """The Waiter for a Connection or Listener (loop thread only); created on first use. A
+        connection's waiter is forgotten after its Closed event; call ``unwatch`` for listeners."""
+        waiter = self._waiters.get(key)
+        if waiter is None:
+            waiter = self._waiters[key] = Waiter()
+        return waiter
+
+    def unwatch(self, key: object) -> None:
+        """Forget ``key``'s waiter (loop thread only)."""
+        self._waiters.pop(key, None)
+
+    def socket(
+        self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM, proto: int = 0
+    ) -> Socket:
+        """A new socket (AF_INET, SOCK_STREAM) on this runtime; see pytcp.socket."""
+        return Socket(self, family, type, proto)
+
+    def connections_table(self, timeout: float | None = 5.0) -> list[dict[str, Any]]:
+        """A snapshot of every listener and connection (as ``ss -tanoi``), taken on the loop thread."""
+        return self._on_loop(self._stack.table, timeout)
+
+    def counters(self, timeout: float | None = 5.0) -> dict[str, dict[str, int]]:
+        """Snapshots of the runtime's counters and the stack's MIB, taken together on the loop thread."""
+        return self._on_loop(self._snapshot, timeout)
+
+    def _snapshot(self) -> dict[str, dict[str, int]]:
+        return {"runtime": asdict(self._counters), "mib": self._stack.mib.snapshot()}
+
+    def _on_loop(self, fn: Callable[[], T], timeout: float | None) -> T:
+        """``fn()`` on the loop thread, or directly when there is no loop thread (before start, after
+        stop), so the final figures stay readable."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return fn()
+        return self.call(fn).result(timeout)
+
+    def _wake(self) -> None:
+        # EBADF: closed (-1) by stop(), nothing left to wake; EAGAIN: the counter is saturated (awake).
+        with self._wake_lock, contextlib.suppress(OSError):
+            os.eventfd_write(self._wake_fd, 1)
+
+    def _fail_calls(self) -> None:
+        while True:
+            try:
+                future, _, _ = self._calls.popleft()
+            except IndexError:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeNotRunning())
+
+    # -- the loop thread -----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._failure = exc
+            logger.exception("pytcp runtime on %s crashed", self._tun.name)
+        finally:
+            # Order matters for call(): it appends, then re-checks _accepting and drains if it is False.
+            self._accepting = False
+            self._fail_calls()
+            for waiter in list(self._waiters.values()):
+                waiter.notify()
+
+    def _loop(self) -> None:
+        tun_fd = self._tun.fileno()
+        wake_fd = self._wake_fd
+        poller = select.poll()
+        poller.register(tun_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        counters = self._counters
+        while True:
+            ready = poller.poll(self._poll_timeout())
+            now = self._now = time.monotonic()
+            counters.wakeups += 1
+            for fd, mask in ready:
+                if mask & (select.POLLERR | select.POLLNVAL):
+                    raise OSError(errno.EIO, f"poll reported {mask:#x} on fd {fd}")
+                if fd == wake_fd:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(wake_fd)
+                else:
+                    self._receive(now)
+                    now = self._now
+            self._run_calls()
+            done = self._stopping and self._shutdown_step(now)
+            stack = self._stack
+            deadline = stack.get_timer()
+            if deadline is not None and deadline <= now:
+                stack.handle_timer(now)
+            # Events first (their waiters wake while the output is written), then again for any the
+            # output step itself raised, so none waits for the next wake-up.
+            self._dispatch()
+            self._transmit(now)
+            self._dispatch()
+            if done:
+                return
+
+    def _poll_timeout(self) -> int:
+        """Milliseconds until the next timer, rounded up so the loop never wakes early and spins. Measured
+        from this wake-up's clock read: a timer may fire late by the loop's own work in one iteration,
+        the price of reading the clock once per wake-up."""
+        if self._calls:
+            return 0
+        deadline = self._stack.get_timer()
+        if self._stopping:
+            if self._shutdown_deadline is None:
+                return 0
+            deadline = self._shutdown_deadline if deadline is None else min(deadline, self._shutdown_deadline)
+        if deadline is None:
+            return -1
+        return max(0, math.ceil((deadline - self._now) * 1000))
+
+    def _receive(self, now: float) -> None:
+        """Every packet the device holds, batch by batch, each batch's output written right after it."""
+        tun, batch, stack, pcap, counters = self._tun, self._batch, self._stack, self._pcap, self._counters
+        receive = stack.receive
+        for _ in range(BATCHES_PER_WAKEUP):
+            count = tun.read_into(batch)
+            if not count:
+                return
+            counters.batches += 1
+            stamp = time.time() if pcap is not None else 0.0
+            for slot in batch:
+                try:
+                    header, packet = tun.parse_inbound(slot)
+                except MalformedPacket:
+                    counters.rx_malformed += 1
+                    continue
+                if not packet or packet[0] >> 4 != 4:
+                    counters.rx_not_ipv4 += 1
+                    continue
+                counters.rx_packets += 1
+                counters.rx_bytes += len(packet)
+                if pcap is not None:
+                    pcap.write(packet, stamp)
+                trusted = header.checksum_trusted
+                if trusted:
+                    counters.rx_trusted += 1
+                # The stack must not keep views of ``packet`` past this call: the slot is reused.
+                receive(packet, now, checksum_verified=trusted)
+            self._transmit(now)
+            if count < batch.slots:
+                return
+            now = self._now = time.monotonic()
+
+    def _run_calls(self) -> None:
+        """The calls queued before this point; later ones wait for the next iteration (bounded work)."""
+        calls = self._calls
+        for _ in range(len(calls)):
+            future, fn, args = calls.popleft()
+            if future.set_running_or_notify_cancel():
+                self._counters.calls += 1
+                _run_into(future, fn, args)
+
+    def _transmit(self, now: float) -> None:
+        packets = self._stack.datagrams_to_send(now)
+        if not packets:
+            return
+        counters = self._counters
+        if self._pcap is not None:
+            stamp = time.time()
+            for packet in packets:
+                self._pcap.write(packet, stamp)
+        mtu = self._mtu
+        if max(map(len, packets)) <= mtu:
+            written = self._tun.write_many(packets)
+        else:
+            written = self._write_mixed(packets)
+        counters.tx_packets += written
+        counters.tx_bytes += sum(map(len, packets[:written]))
+        counters.tx_dropped += len(packets) - written
+
+    def _write_mixed(self, packets: list[bytes]) -> int:
+        """Runs of MTU-sized packets in one batch each, super-packets one by one as GSO; stops at EAGAIN."""
+        tun, mtu = self._tun, self._mtu
+        written = 0
+        start = 0
+        for index, packet in enumerate(packets):
+            if len(packet) <= mtu:
+                continue
+            if index > start:
+                done = tun.write_many(packets[start:index])
+                written += done
+                if done < index - start:
+                    return written
+            super_packet, gso_mss = _gso_form(packet, mtu)
+            if not tun.write_many((super_packet,), gso_mss):
+                return written
+            self._counters.tx_gso += 1
+            written += 1
+            start = index + 1
+        if start < len(packets):
+            written += tun.write_many(packets[start:])
+        return written
+
+    def _dispatch(self) -> None:
+        stack, waiters, counters = self._stack, self._waiters, self._counters
+        listeners = self._listeners
+        while (event := stack.next_event()) is not None:
+            counters.events += 1
+            conn = event.conn
+            waiter = waiters.get(conn)
+            if waiter is not None:
+                if isinstance(event, Closed):
+                    del waiters[conn]  # nothing follows Closed
+                waiter.notify()
+            if isinstance(event, IncomingConnection):
+                owner = waiters.get(event.listener)
+                if owner is not None:
+                    owner.notify()
+            for callback in listeners:
+                try:
+                    callback(event)
+                except Exception:
+                    counters.callback_errors += 1
+                    logger.exception("runtime event listener %r failed on %r", callback, event)
+
+    def _shutdown_step(self, now: float) -> bool:
+        """One step of the graceful stop; True when the loop may exit (after this iteration's output)."""
+        stack = self._stack
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = now + self._grace
+            for listener in stack.listeners():
+                stack.close_listener(listener, now)
+            for conn in stack.connections():
+                if conn.state not in _SETTLED:
+                    conn.close(now)
+        # Packets and timers wake the loop as the closes progress; each wake-up checks again.
+        unsettled = [conn for conn in stack.connections() if conn.state not in _SETTLED]
+        if unsettled and now < self._shutdown_deadline:
+            return False
+        for conn in unsettled:
+            conn.abort(now)
+        if unsettled:
+            logger.info("runtime stop: reset %d connections that did not close in time", len(unsettled))
+        return True
+
+
+def _run_into(future: Future[T], fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _gso_form(packet: bytes, mtu: int) -> tuple[bytearray, int]:
+    """A copy of a TCP/IPv4 super-packet whose checksum field holds the pseudo-header sum, as
+    virtio_net_hdr NEEDS_CSUM requires (the kernel sums the rest), and the payload bytes per segment
+    that make each segment, headers copied, fit the MTU."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != IPPROTO_TCP:
+        raise ValueError("only TCP/IPv4 packets may exceed the MTU")
+    ip_header_len = (packet[0] & 0x0F) * 4
+    tcp_header_len = (packet[ip_header_len + 12] >> 4) * 4
+    out = bytearray(packet)
+    partial = pseudo_header_sum(packet[12:16], packet[16:20], IPPROTO_TCP, len(packet) - ip_header_len)
+    _TCP_CHECKSUM.pack_into(out, ip_header_len + _TCP_CHECKSUM_OFFSET, partial)
+    return out, mtu - ip_header_len - tcp_header_len
