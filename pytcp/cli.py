@@ -1,21 +1,32 @@
-"""The ``pytcp`` command line: one argparse subcommand per tool (``sim`` for now).
+"""The ``pytcp`` command line: one argparse subcommand per tool.
 
-Each subcommand registers itself with an ``_add_<name>(subparsers)`` function that sets its handler as
-the ``run`` default, so demo, serve, forward and bench slot in beside ``sim``. Bad arguments exit 2 with
-one line on stderr; a handler returns the exit status. Logging is configured here and nowhere else.
+``sim`` (a simulated transfer), ``demo`` (a handshake-to-TIME-WAIT conversation with the kernel),
+``serve`` (echo, discard and HTTP on a TUN device), ``config`` (the knobs), and ``connections`` /
+``counters`` (a running ``serve``, through its control socket). Each subcommand registers itself with an
+``_add_<name>(subparsers)`` function that sets its handler as the ``run`` default. Bad arguments exit 2
+with one line on stderr; a missing privilege or another failure of the environment exits 1 with one
+line; a handler returns the exit status. Logging is configured here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import math
+import os
+import signal
 import sys
+import textwrap
+import threading
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from types import FrameType
+from typing import Any, NoReturn
 
 from . import __version__
+from .config import ConfigError, TCPConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +61,86 @@ def _positive(text: str) -> float:
 
 class _UsageError(Exception):
     """A bad argument only the handler can detect (a cross-field bound, an unwritable file): exit 2."""
+
+
+class _Failure(Exception):
+    """The environment refused (missing privileges, a device or socket in use, nothing to talk to): exit 1."""
+
+
+#: Linux IFNAMSIZ - 1.
+_IFNAME_MAX = 15
+#: The smallest MTU whose MSS (MTU - 40) the engine accepts: TCPConfig.mss >= 88 (Linux TCP_MIN_MSS).
+_MTU_MIN = 88 + 40
+_MTU_MAX = 0xFFFF
+#: Seconds `serve` gives its services and then the runtime to close connections on SIGINT/SIGTERM.
+_STOP_TIMEOUT = 5.0
+#: How often `serve` checks that its runtime is still alive while it waits for a signal.
+_WATCH_INTERVAL = 1.0
+_DEFAULT_SERVICES = {"echo": 7, "discard": 9, "http": 80}
+_RUN_DIR = "/run/pytcp"
+#: The demo's MSL: pytcp's TIME-WAIT lasts 2 * 0.5 = 1 s instead of the default 60 s, so it ends quickly.
+_DEMO_MSL = 0.5
+
+
+def _bounded_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid int: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+_port = _bounded_int(1, 0xFFFF)
+
+
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
+
+
+def _ifname(text: str) -> str:
+    # Linux dev_valid_name: 1..15 bytes, no '/', ':' or whitespace, not "." or "..".
+    if not 0 < len(text.encode()) <= _IFNAME_MAX or text in (".", "..") or any(c in "/: \t\n" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"not a valid interface name: {text!r} (1..15 characters, no / : or spaces)"
+        )
+    return text
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected KNOB=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line without the "[Errno N]" prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def _load_config(path: str | None, settings: list[tuple[str, str]]) -> TCPConfig:
+    """The TOML file's knobs (if any), then each --set on top; a bad one is a usage error."""
+    try:
+        config = TCPConfig.load(path) if path is not None else TCPConfig()
+        if settings:
+            values: dict[str, object] = {name: value for name, value, _ in config.describe()}
+            values.update(settings)
+            config = TCPConfig.from_mapping(values)
+    except ConfigError as exc:
+        raise _UsageError(str(exc)) from None
+    except OSError as exc:
+        raise _UsageError(f"--config: {exc.strerror or exc}: {path}") from None
+    return config
 
 
 def _add_sim(subparsers: argparse._SubParsersAction[_Parser]) -> None:
@@ -185,6 +276,11 @@ def build_parser() -> _Parser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     _add_sim(subparsers)
+    _add_demo(subparsers)
+    _add_serve(subparsers)
+    _add_config(subparsers)
+    _add_control_client(subparsers, "connections", "list a running `pytcp serve`'s connections, like ss -tan")
+    _add_control_client(subparsers, "counters", "show a running `pytcp serve`'s counters, like nstat")
     return parser
 
 
@@ -199,3 +295,286 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except _UsageError as exc:
         parser.exit(2, f"pytcp {args.command}: error: {exc}\n")
+    except _Failure as exc:
+        parser.exit(1, f"pytcp {args.command}: {exc}\n")
+    except BrokenPipeError:
+        # The reader went away (`pytcp config | head`): stop quietly, as the Python documentation advises
+        # (stdout goes to /dev/null so the interpreter's final flush does not fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+# -- demo ----------------------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="draw one TCP conversation with the Linux kernel, from the handshake to TIME-WAIT",
+        description="Create a private network namespace and TUN device, run a pytcp server on it and let "
+        "a kernel client connect, exchange a line each way and close: once with the kernel closing first, "
+        "once with pytcp closing first. Every segment is printed with its flags, sequence and "
+        "acknowledgment numbers and window, next to the state each side enters. Needs root. Exit 0 when "
+        "both exchanges went as drawn.",
+    )
+    p.add_argument(
+        "--msl",
+        type=_positive,
+        default=_DEMO_MSL,
+        metavar="S",
+        help=f"maximum segment lifetime; pytcp's TIME-WAIT lasts 2*MSL (default {_DEMO_MSL})",
+    )
+    p.add_argument("--pcap", metavar="FILE", help="also write every packet to a pcap file")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .netns import IpCommandError, require_privileges
+
+    try:
+        TCPConfig(msl=args.msl)
+    except ConfigError as exc:
+        raise _UsageError(str(exc)) from None
+    _check_output_file(args.pcap, "--pcap")
+    try:
+        require_privileges()
+    except PermissionError as exc:
+        raise _Failure(str(exc)) from None
+    try:
+        ok = run_demo(print, msl=args.msl, pcap=args.pcap)
+    except (IpCommandError, OSError) as exc:
+        raise _Failure(_reason(exc)) from None
+    return 0 if ok else 1
+
+
+def _check_output_file(path: str | None, option: str) -> None:
+    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise _UsageError(f"{option}: no such directory: {os.path.dirname(path)}")
+
+
+# -- serve ---------------------------------------------------------------------------------------------
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve echo, discard and HTTP on a TUN device until SIGINT/SIGTERM",
+        description="Create a TUN device in the current network namespace, give the kernel side "
+        "--peer-address, and answer as --address with echo (RFC 862), discard (RFC 863) and a minimal "
+        "HTTP/1.1 server (GET / and GET /bytes/N). Without any of --echo, --discard and --http all three "
+        "run, on 7, 9 and 80. Prints one line when ready; SIGINT or SIGTERM closes every connection, "
+        "removes the device and exits 0. `pytcp connections` and `pytcp counters` read a running server "
+        "through --control.",
+    )
+    p.add_argument(
+        "--tun", type=_ifname, default="pytcp0", metavar="NAME", help="device name (default pytcp0)"
+    )
+    p.add_argument("--address", type=_ipv4, default=_ipv4("198.18.0.2"), help="the stack's address")
+    p.add_argument(
+        "--peer-address", type=_ipv4, default=_ipv4("198.18.0.1"), help="the kernel's address on the device"
+    )
+    p.add_argument(
+        "--prefix-length",
+        type=_bounded_int(1, 32),
+        default=15,
+        metavar="N",
+        help="prefix routed into the device (default 15: 198.18.0.0/15, RFC 2544's benchmarking range)",
+    )
+    p.add_argument(
+        "--mtu",
+        type=_bounded_int(_MTU_MIN, _MTU_MAX),
+        default=1500,
+        metavar="N",
+        help="device MTU (default 1500)",
+    )
+    p.add_argument(
+        "--no-offload", action="store_true", help="no virtio-net offloads: verify every checksum, no GSO"
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write every packet to a pcap file")
+    p.add_argument("--echo", type=_port, metavar="PORT", help="serve echo on PORT")
+    p.add_argument("--discard", type=_port, metavar="PORT", help="serve discard on PORT")
+    p.add_argument("--http", type=_port, metavar="PORT", help="serve HTTP on PORT")
+    p.add_argument("--config", metavar="FILE", help="TOML file of TCP knobs (see `pytcp config`)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="set one knob, after --config; repeatable",
+    )
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"control socket for connections/counters (default {_RUN_DIR}/NAME.sock)",
+    )
+    p.set_defaults(run=_run_serve)
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    address, peer, prefix = args.address, args.peer_address, args.prefix_length
+    if address == peer:
+        raise _UsageError(f"--address and --peer-address are both {address}")
+    network = ipaddress.IPv4Interface(f"{peer}/{prefix}").network
+    if address not in network:
+        raise _UsageError(f"--address {address} is not in {network}, the prefix of --peer-address")
+    if prefix <= 30:  # /31 and /32 have no network or broadcast address (RFC 3021)
+        for option, value in (("--address", address), ("--peer-address", peer)):
+            if value in (network.network_address, network.broadcast_address):
+                raise _UsageError(f"{option} {value} is the network or broadcast address of {network}")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .netns import IpCommandError
+    from .runtime import StackRuntime
+    from .services import ControlServer, Services
+
+    _check_addresses(args)
+    given = {name: getattr(args, name) for name in _DEFAULT_SERVICES}
+    ports = {name: port for name, port in given.items() if port is not None} or dict(_DEFAULT_SERVICES)
+    if len(set(ports.values())) < len(ports):
+        raise _UsageError(f"services need distinct ports, got {ports}")
+    config = _load_config(args.config, args.settings)
+    _check_output_file(args.pcap, "--pcap")
+    control = args.control or f"{_RUN_DIR}/{args.tun}.sock"
+
+    try:
+        runtime = StackRuntime.open(
+            args.tun,
+            stack_address=str(args.address),
+            kernel_address=str(args.peer_address),
+            prefix_len=args.prefix_length,
+            mtu=args.mtu,
+            offload=not args.no_offload,
+            config=config,
+            pcap=args.pcap,
+        )
+    except (IpCommandError, OSError) as exc:
+        raise _Failure(_reason(exc)) from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    services = Services(runtime)
+    server = ControlServer(runtime, control)
+    try:
+        runtime.start()
+        try:
+            server.start()
+            services.start(**ports)
+        except OSError as exc:
+            raise _Failure(_reason(exc)) from None
+        listening = ", ".join(f"{name} {port}" for name, port in ports.items())
+        print(
+            f"ready: tun {args.tun} {args.address} <-> {args.peer_address}, {listening}, control {control}",
+            flush=True,
+        )
+        while not stop.wait(_WATCH_INTERVAL):
+            if not runtime.running:
+                raise _Failure("the runtime stopped unexpectedly (see the log)")
+    finally:
+        services.stop(_STOP_TIMEOUT)
+        server.stop()
+        try:
+            runtime.stop(_STOP_TIMEOUT)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
+
+
+# -- config --------------------------------------------------------------------------------------------
+
+
+def _add_config(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    p = subparsers.add_parser(
+        "config",
+        help="list every TCP knob with its default and documentation",
+        description="List the knobs of pytcp.config.TCPConfig (for --config files and --set).",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, default, doc}")
+    p.set_defaults(run=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    knobs = TCPConfig().describe()
+    if args.json:
+        print(
+            json.dumps([{"name": name, "default": value, "doc": doc} for name, value, doc in knobs], indent=2)
+        )
+        return 0
+    for name, value, doc in knobs:
+        shown = json.dumps(value) if isinstance(value, bool | str) else value
+        print(f"{name} = {shown}")
+        print(textwrap.fill(doc, width=100, initial_indent="    ", subsequent_indent="    "))
+    return 0
+
+
+# -- connections, counters -----------------------------------------------------------------------------
+
+
+def _add_control_client(subparsers: argparse._SubParsersAction[_Parser], command: str, summary: str) -> None:
+    p = subparsers.add_parser(
+        command,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}, read through its control socket.",
+    )
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        default=f"{_RUN_DIR}/pytcp0.sock",
+        help=f"the server's control socket (default {_RUN_DIR}/pytcp0.sock, `serve --tun pytcp0`'s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    if command == "counters":
+        p.add_argument("--zeros", action="store_true", help="also list counters that are zero (nstat -z)")
+    p.set_defaults(run=_run_control_client)
+
+
+def _run_control_client(args: argparse.Namespace) -> int:
+    from .services import control_request
+
+    try:
+        reply = control_request(args.control, args.command)
+    except (OSError, ValueError) as exc:
+        raise _Failure(f"no answer from {args.control}: {_reason(exc)} (is `pytcp serve` running?)") from None
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif args.command == "connections":
+        _print_connections(reply)
+    else:
+        _print_counters(reply, args.zeros)
+    return 0
+
+
+#: Columns of `pytcp connections`, as ss -tan names them; other fields follow as key:value (ss -i).
+_TABLE_COLUMNS = (("state", "State", 13), ("recv_q", "Recv-Q", 7), ("send_q", "Send-Q", 7))
+_ENDPOINT_WIDTH = 22
+_SECONDS_FIELDS = frozenset({"rtt", "rttvar", "rto"})
+
+
+def _print_connections(rows: list[dict[str, Any]]) -> None:
+    header = "".join(f"{title:<{width}}" for _, title, width in _TABLE_COLUMNS)
+    print(f"{header}{'Local Address:Port':<{_ENDPOINT_WIDTH}}{'Peer Address:Port':<{_ENDPOINT_WIDTH}}")
+    for row in rows:
+        line = "".join(f"{row.get(key, '')!s:<{width}}" for key, _, width in _TABLE_COLUMNS)
+        line += f"{row.get('local', '')!s:<{_ENDPOINT_WIDTH}}{row.get('remote', '')!s:<{_ENDPOINT_WIDTH}}"
+        shown = {key for key, _, _ in _TABLE_COLUMNS} | {"local", "remote"}
+        extra = [
+            f"{key}:{value * 1000:.3f}ms" if key in _SECONDS_FIELDS else f"{key}:{value}"
+            for key, value in row.items()
+            if key not in shown
+        ]
+        print((line + " ".join(extra)).rstrip())
+
+
+def _print_counters(snapshot: dict[str, dict[str, int]], zeros: bool) -> None:
+    for section, counters in snapshot.items():
+        print(f"#{section}")
+        for name, value in counters.items():
+            if value or zeros:
+                print(f"{name:<32}{value}")
