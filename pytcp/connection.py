@@ -2,16 +2,21 @@
 on top of the input (pytcp.tcp_input) and output (pytcp.tcp_output) halves of the engine.
 
 The owner feeds segments with ``handle_segment``, collects packets with ``poll_transmit``, drives
-``get_timer`` / ``handle_timer`` and receives events through the ``emit`` callback. Time is always an
-argument; nothing here reads a clock.
+``get_timer`` / ``handle_timer`` and receives events through the ``emit`` callback. Application calls
+(send, recv, shutdown, close, abort, option changes) call the ``wake`` callback whenever they queue output
+or move the timer deadline, so an owner that polls only busy connections never misses one. Time is always
+an argument; nothing here reads a clock.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from errno import ECONNREFUSED, ECONNRESET, EISCONN, ENOTCONN, EPIPE, ETIMEDOUT
 from os import strerror
+from typing import Concatenate, ParamSpec, TypeVar
 
 from tcpcore import TCPSegment
 
@@ -41,6 +46,27 @@ _ERRORS: dict[int, type[OSError]] = {
 
 def _os_error(err: int) -> OSError:
     return _ERRORS.get(err, OSError)(err, strerror(err))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _app_call(method: Callable[Concatenate[Connection, _P], _R]) -> Callable[Concatenate[Connection, _P], _R]:
+    """An application entry point: afterwards, if it queued output or moved the timer deadline, tell the
+    owner through the wake hook (which the stack turns into a poll and a timer-heap update), so no
+    caller has to remember to."""
+
+    def call(self: Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        deadline = self.timers.deadline()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if self.wants_transmit or self.timers.deadline() != deadline:
+                self._wake(self)
+
+    functools.update_wrapper(call, method)
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +125,7 @@ class Connection(InputMixin, OutputMixin):
         return ts_clock(now)
 
     # -- opening ------------------------------------------------------------------------------------
+    @_app_call
     def connect(self, now: float) -> None:
         """Active OPEN (RFC 9293 3.10.1): CLOSED -> SYN-SENT with our SYN queued."""
         if self._sm.state is not State.CLOSED or self._syn_sent_at is not None:
@@ -108,6 +135,7 @@ class Connection(InputMixin, OutputMixin):
         self._tx_dirty = True
         self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
 
+    @_app_call
     def accept_syn(self, syn: TCPSegment, now: float) -> None:
         """Become the child TCB of a listener for ``syn`` (RFC 9293 3.10.7.2 third check): LISTEN ->
         SYN-RECEIVED with our SYN-ACK queued. Text on the SYN is not accepted (the peer resends it)."""
@@ -124,6 +152,7 @@ class Connection(InputMixin, OutputMixin):
         self._apply(Event.RCV_SYN, now)
         self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
 
+    @_app_call
     def establish_from_cookie(
         self, ack: TCPSegment, *, irs: int, mss: int, wscale: int, sack: bool, timestamps: bool, now: float
     ) -> None:
@@ -141,6 +170,7 @@ class Connection(InputMixin, OutputMixin):
         self.handle_segment(ack, now)
 
     # -- data ---------------------------------------------------------------------------------------
+    @_app_call
     def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
         """Queue bytes (RFC 9293 3.10.2 SEND); returns how many fitted in the send buffer (0 when full).
         Raises BrokenPipeError after shutdown(SHUT_WR) or close(), the connection's error after a reset
@@ -157,6 +187,7 @@ class Connection(InputMixin, OutputMixin):
             self._tx_dirty = True
         return n
 
+    @_app_call
     def recv(self, max_bytes: int, now: float) -> bytes:
         """Up to ``max_bytes`` received bytes (RFC 9293 3.10.3); b"" means none now (see ``at_eof``)."""
         if max_bytes < 0:
@@ -169,6 +200,7 @@ class Connection(InputMixin, OutputMixin):
             self._after_read(now)
         return data
 
+    @_app_call
     def recv_into(self, buffer: bytearray | memoryview, now: float) -> int:
         """Like recv, into a writable buffer; returns the byte count."""
         rcv = self._readable_receiver()
@@ -200,6 +232,7 @@ class Connection(InputMixin, OutputMixin):
             self._tx_dirty = True
 
     # -- closing ------------------------------------------------------------------------------------
+    @_app_call
     def shutdown(self, how: int, now: float) -> None:
         """socket.SHUT_RD, SHUT_WR or SHUT_RDWR. SHUT_WR sends our FIN after the queued data (half-close;
         the other direction keeps flowing); SHUT_RD discards what arrives from now on."""
@@ -220,10 +253,12 @@ class Connection(InputMixin, OutputMixin):
             return
         self._wr_shut = True
         if self._sm.state in _SEND_STATES and self._sm.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
-            self._fin_deferred = True  # RFC 9293 3.10.4: queued until ESTABLISHED
+            # RFC 9293 3.10.4: queued until ESTABLISHED (in SYN-RECEIVED too, see pytcp.state).
+            self._fin_deferred = True
         else:
             self._queue_fin(now)
 
+    @_app_call
     def close(self, now: float) -> None:
         """Full close (RFC 9293 3.10.4). Unread received data resets the connection instead (RFC 2525
         2.17, Linux TCPAbortOnClose); so does data arriving later (TCPAbortOnData)."""
@@ -247,6 +282,7 @@ class Connection(InputMixin, OutputMixin):
             self.timers.arm(TimerKind.FIN_WAIT_2, now + self.config.fin_timeout)
         self._rearm(now)
 
+    @_app_call
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 3.10.5, SO_LINGER 0): RST now if the peer is synchronized, then CLOSED."""
         if self._sm.state is State.CLOSED:
@@ -298,6 +334,7 @@ class Connection(InputMixin, OutputMixin):
         return self._nodelay
 
     @nodelay.setter
+    @_app_call
     def nodelay(self, value: bool) -> None:
         self._nodelay = bool(value)
         self._tx_dirty = True  # as Linux TCP_NODELAY: push what Nagle was holding
@@ -307,6 +344,7 @@ class Connection(InputMixin, OutputMixin):
         return self._keepalive
 
     @keepalive.setter
+    @_app_call
     def keepalive(self, value: bool) -> None:
         self._keepalive = bool(value)
         self._arm_keepalive()
@@ -316,6 +354,7 @@ class Connection(InputMixin, OutputMixin):
         return self._keepalive_time
 
     @keepalive_time.setter
+    @_app_call
     def keepalive_time(self, value: float) -> None:
         if value <= 0:
             raise ValueError("keepalive_time must be > 0")
@@ -336,6 +375,7 @@ class Connection(InputMixin, OutputMixin):
         if (kind is None or kind is TimerKind.KEEPALIVE) and idle and self._keepalive_active():
             timers.arm(TimerKind.KEEPALIVE, self._last_rcv + self._keepalive_time)
 
+    @_app_call
     def set_buffer_sizes(self, recv: int | None = None, send: int | None = None) -> None:
         """SO_RCVBUF / SO_SNDBUF, clamped to [2*mss, max_buffer]. A new receive size applies once the
         receive buffer is empty; the window scale stays what the handshake chose."""
@@ -353,6 +393,7 @@ class Connection(InputMixin, OutputMixin):
             if self.rcv is not None:
                 self.rcv.resize(self._recv_cap)
 
+    @_app_call
     def reuse_time_wait(self, now: float) -> None:
         """The stack hands this TIME-WAIT 4-tuple to a new incarnation (RFC 6191, Linux tcp_tw_reuse)."""
         if self._sm.state is State.TIME_WAIT:

@@ -64,6 +64,7 @@ class MIB:
     TCPAbortFailed: int = 0
     TCPReqQFullDrop: int = 0
     TCPAckSkippedChallenge: int = 0
+    TCPLostRetransmit: int = 0
 
     def snapshot(self) -> dict[str, int]:
         """All counters by name, for the API, the CLI and tests."""

@@ -308,7 +308,15 @@ def run_transfer(
                     if isinstance(event, IncomingConnection) and event.listener is listener:
                         if app.conn is None:
                             app.conn = stack.accept(listener)
-                    elif isinstance(event, ConnectionReset | ConnectionFailed) and event.conn is app.conn:
+                    elif (
+                        isinstance(event, ConnectionReset | ConnectionFailed)
+                        and event.conn is app.conn
+                        and not app.closed
+                    ):
+                        # After close() the connection is an orphan no application sees (as with sockets):
+                        # how it ends (a RST from a peer whose TIME-WAIT outlived our backed-off FIN, or
+                        # tcp_orphan_retries) is no application error. Undelivered bytes still fail the
+                        # stream checks below.
                         app.error = f"{type(event).__name__} errno={event.errno}"
                     touched = True
                 if touched:

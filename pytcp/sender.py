@@ -224,16 +224,17 @@ class Sender:
         return None
 
     # -- acknowledgments ----------------------------------------------------------------------------
-    def ack(self, ack: int) -> tuple[int, float | None, bool]:
+    def ack(self, ack: int) -> tuple[int, float | None, float | None]:
         """Cumulative ACK up to ``ack`` (una < ack <= nxt).
 
         Returns (bytes acknowledged, send time of the earliest acknowledged segment never retransmitted,
-        whether a retransmitted segment was acknowledged). RFC 6298 3 (Karn) lets only the second serve
-        as an RTT sample, and only when the third is False, as Linux tcp_clean_rtx_queue.
+        latest retransmission time among the acknowledged segments or None). RFC 6298 3 (Karn) lets only
+        the second serve as an RTT sample, and only when the third is None, as Linux tcp_clean_rtx_queue;
+        the third also bounds which timestamp echoes still identify a transmission.
         """
         segs = self.segs
         first_clean: float | None = None
-        rtx = False
+        rtx_at: float | None = None
         i = 0
         n = len(segs)
         while i < n:
@@ -245,7 +246,8 @@ class Sender:
                 break
             self._forget(seg, seg.end - seg.start)
             if seg.ever_retrans:
-                rtx = True
+                if rtx_at is None or seg.sent_at > rtx_at:
+                    rtx_at = seg.sent_at  # mark_retransmitted keeps the latest transmission here
             elif first_clean is None and not seg.sacked:
                 first_clean = seg.sent_at
             i += 1
@@ -259,7 +261,7 @@ class Sender:
             self.high_rxt = ack
         if self.high_sacked < ack:
             self.high_sacked = ack
-        return acked, first_clean, rtx
+        return acked, first_clean, rtx_at
 
     def _forget(self, seg: Segment, n: int) -> None:
         """Drop n bytes of seg from the counters (acknowledged or trimmed)."""
@@ -270,13 +272,13 @@ class Sender:
         if seg.retrans:
             self.retrans_bytes -= n
 
-    def sack(self, left: int, right: int) -> int:
-        """Mark the segments inside [left, right) SACKed (RFC 2018, RFC 6675 Update()); returns how many
-        bytes were newly SACKed. Segments only partly covered stay unmarked."""
+    def sack(self, left: int, right: int, newly: list[Segment]) -> None:
+        """Mark the segments inside [left, right) SACKed (RFC 2018, RFC 6675 Update()) and append the newly
+        SACKed ones to ``newly``. Segments only partly covered stay unmarked."""
         segs = self.segs
         i = bisect_left(segs, left, key=_start)
         n = len(segs)
-        newly = 0
+        added = 0
         while i < n:
             seg = segs[i]
             if seg.end > right:
@@ -290,12 +292,36 @@ class Sender:
                     seg.retrans = False
                 seg.sacked = True
                 seg.lost = False
-                newly += size
+                added += size
+                newly.append(seg)
                 if seg.end > self.high_sacked:
                     self.high_sacked = seg.end
             i += 1
-        self.sacked_bytes += newly
-        return newly
+        self.sacked_bytes += added
+
+    def mark_lost_retransmits(self, xmit_ts: float, end: int) -> int:
+        """RFC 8985 6.2 (RACK) with a zero reordering window, as Linux tcp_rack_detect_loss during recovery
+        until reordering is seen: a retransmission still in flight that was sent before the segment
+        (``xmit_ts``, ``end``) just delivered is lost as well, and is to be retransmitted again. Returns the
+        bytes marked. Retransmitted segments all lie below HighRxt."""
+        segs = self.segs
+        high_rxt = self.high_rxt
+        lowest = high_rxt
+        marked = 0
+        for seg in segs:
+            if seg.start >= high_rxt:
+                break
+            # RFC 8985 RACK_sent_after(): later send time, or the same time and a higher end.
+            if seg.retrans and (seg.sent_at < xmit_ts or (seg.sent_at == xmit_ts and seg.end < end)):
+                size = seg.end - seg.start
+                seg.retrans = False
+                self.retrans_bytes -= size
+                self._mark_lost(seg)
+                marked += size
+                if seg.start < lowest:
+                    lowest = seg.start
+        self.high_rxt = lowest
+        return marked
 
     # -- loss marking -------------------------------------------------------------------------------
     def _mark_lost(self, seg: Segment) -> None:

@@ -222,7 +222,6 @@ class Stack:
         del self._listeners[(listener.local_addr, listener.port)]
         for child in listener.close(now):
             self._parents.pop(child.key, None)
-            self._dirty[child] = None
             child.abort(now)
 
     def connect(self, remote_addr: int, remote_port: int, now: float, *, local_port: int = 0) -> Connection:
@@ -265,18 +264,9 @@ class Stack:
         return conn
 
     def next_event(self) -> Event | None:
-        """The oldest undelivered event, or None. Its connection counts as touched: what the application
-        does in response is sent by the next datagrams_to_send."""
-        if not self._events:
-            return None
-        event = self._events.popleft()
-        self._dirty[event.conn] = None
-        return event
-
-    def wake(self, conn: Connection) -> None:
-        """Mark ``conn`` touched after an application call that no event prompted (a send from the
-        application's own timer, a close from elsewhere), so its output and timer are picked up."""
-        self._dirty[conn] = None
+        """The oldest undelivered event, or None. Whatever the application calls on a connection in
+        response reaches the stack through the connection's wake hook."""
+        return self._events.popleft() if self._events else None
 
     def connections(self) -> list[Connection]:
         """Every connection in the table (children not yet accepted and TIME-WAIT included)."""
@@ -345,10 +335,16 @@ class Stack:
             emit=self._emit,
             tracer=self._tracer,
             limiter=self._limiter,
+            wake=self._wake,
         )
         self._conns[key] = conn
-        self._dirty[conn] = None
         return conn
+
+    def _wake(self, conn: Connection) -> None:
+        """Every connection's wake hook: an application call (or the stack's own connect / accept_syn /
+        abort) queued output or moved its deadline; poll it next and re-push its timer."""
+        self._dirty[conn] = None
+        self._sync_timer(conn)
 
     def _emit(self, event: Event) -> None:
         """The connections' event callback: table upkeep, then the event goes to the application."""

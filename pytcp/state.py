@@ -1,7 +1,9 @@
 """The TCP connection state machine: the one place that owns every state transition.
 
 ``TRANSITIONS`` is the RFC 9293 3.3.2 diagram (Figure 5) written as a table, refined by the event
-processing text of RFC 9293 3.10 and by the two Linux timers the engine copies. ``StateMachine.apply`` is
+processing text of RFC 9293 3.10 and by the two Linux timers the engine copies. It holds exactly the
+transitions the engine takes (tests/engine/test_state_coverage.py drives every row); the diagram's edges
+it never takes are left out, each with the reason below the table. ``StateMachine.apply`` is
 the only setter of a connection's state: it looks the (state, event) pair up, raises
 ``IllegalTransition`` (leaving the state unchanged) when the table has no row, logs the change and hands
 a ``TransitionRecord`` to an optional tracer. Events that leave the state as it is (a retransmitted FIN
@@ -71,7 +73,7 @@ class Event(enum.Enum):
     APP_LISTEN = "passive OPEN"
     """listen(): passive OPEN (RFC 9293 3.10.1)."""
     APP_CONNECT = "active OPEN"
-    """connect(): active OPEN, or SEND naming the remote socket on a LISTEN connection (3.10.1, 3.10.2)."""
+    """connect(): active OPEN (3.10.1)."""
     APP_CLOSE = "CLOSE"
     """close() or shutdown(SHUT_WR): the user's CLOSE, which sends a FIN once data is out (3.10.4)."""
     APP_ABORT = "ABORT"
@@ -109,10 +111,8 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.CLOSED, E.APP_LISTEN): S.LISTEN,  # 3.10.1: passive OPEN enters LISTEN
         (S.CLOSED, E.APP_CONNECT): S.SYN_SENT,  # 3.10.1: active OPEN sends SYN
         # LISTEN.
-        (S.LISTEN, E.APP_CONNECT): S.SYN_SENT,  # 3.10.1/3.10.2: OPEN/SEND naming the remote socket
         (S.LISTEN, E.RCV_SYN): S.SYN_RECEIVED,  # 3.10.7.2 third check: send SYN,ACK
-        (S.LISTEN, E.APP_CLOSE): S.CLOSED,  # 3.10.4: delete TCB
-        (S.LISTEN, E.APP_ABORT): S.CLOSED,  # 3.10.5: delete TCB
+        (S.LISTEN, E.APP_CLOSE): S.CLOSED,  # 3.10.4: delete TCB (a listener; a reset child, 3.10.7.4)
         # SYN-SENT.
         (S.SYN_SENT, E.RCV_SYN_ACK): S.ESTABLISHED,  # 3.10.7.3 fourth check: our SYN is ACKed
         (S.SYN_SENT, E.RCV_SYN): S.SYN_RECEIVED,  # 3.10.7.3 fourth check: simultaneous open
@@ -122,8 +122,6 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.SYN_SENT, E.GIVE_UP): S.CLOSED,  # 3.8.3: R2 for a SYN (Linux tcp_syn_retries)
         # SYN-RECEIVED.
         (S.SYN_RECEIVED, E.RCV_ACK_OF_SYN): S.ESTABLISHED,  # 3.10.7.4 fifth check
-        (S.SYN_RECEIVED, E.RCV_FIN): S.CLOSE_WAIT,  # 3.10.7.4 eighth check
-        (S.SYN_RECEIVED, E.APP_CLOSE): S.FIN_WAIT_1,  # 3.10.4: nothing queued, send FIN
         (S.SYN_RECEIVED, E.PASSIVE_RESET): S.LISTEN,  # 3.10.7.4 second/fourth checks, Figure 5 note 1
         (S.SYN_RECEIVED, E.RCV_RST): S.CLOSED,  # 3.10.7.4 second check: active open, "refused"
         (S.SYN_RECEIVED, E.APP_ABORT): S.CLOSED,  # 3.10.5: send RST, delete TCB
@@ -165,10 +163,19 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         # TIME-WAIT.
         (S.TIME_WAIT, E.TIMEOUT_TIME_WAIT): S.CLOSED,  # 3.10.8: 2 MSL elapsed
         (S.TIME_WAIT, E.TIME_WAIT_REUSE): S.CLOSED,  # 3.6.1 MAY-2 / RFC 6191: new incarnation
-        (S.TIME_WAIT, E.RCV_RST): S.CLOSED,  # 3.10.7.4 second check (Linux tcp_rfc1337=0)
         (S.TIME_WAIT, E.APP_ABORT): S.CLOSED,  # 3.10.5: delete TCB
     }
 )
+# Figure 5 / RFC 9293 3.10 edges the engine never takes, hence not rows:
+# - LISTEN -[SEND or active OPEN]-> SYN-SENT (3.10.1-2): as with sockets, a listener never connects.
+# - LISTEN -[ABORT]-> CLOSED: a listener closes; a child leaves LISTEN in the call that creates it.
+# - SYN-RECEIVED -[CLOSE]-> FIN-WAIT-1 (3.10.4): our FIN waits for ESTABLISHED (3.10.4's "otherwise,
+#   queue" branch, as for SYN-SENT), so that congestion control and loss recovery, which start there,
+#   carry it.
+# - SYN-RECEIVED -[rcv FIN]-> CLOSE-WAIT (3.10.7.4 eighth check): a FIN is only processed with an
+#   acceptable ACK, and the fifth check moves SYN-RECEIVED to ESTABLISHED first.
+# - TIME-WAIT -[rcv RST]-> CLOSED: RFC 1337 (Linux tcp_rfc1337=1 behaviour): TIME-WAIT ignores RSTs,
+#   so no stray RST can cut it short ("TIME-WAIT assassination").
 del S, E
 
 

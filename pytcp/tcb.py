@@ -9,6 +9,7 @@ import errno
 import math
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tcpcore import ACK, RST, build_tcp_ipv4, tcp_options_length
 
@@ -23,6 +24,9 @@ from .sender import Sender
 from .state import Event, State, StateMachine, TransitionRecord
 from .timers import TimerKind, Timers
 
+if TYPE_CHECKING:
+    from .connection import Connection
+
 __all__ = ["TCB", "ChallengeAckLimiter", "ts_clock"]
 
 MASK = 0xFFFFFFFF
@@ -36,6 +40,10 @@ PAWS_IDLE = 24 * 86400.0
 _ESTABLISHED_LIKE = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # RFC 4022 tcpCurrEstab
 _SYN_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
 _KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+
+
+def _no_wake(conn: Connection) -> None:
+    """The default wake hook: an owner that polls every connection after each call needs none."""
 
 
 def ts_clock(now: float) -> int:
@@ -105,9 +113,10 @@ class TCB:
         "_sm",
         "_stall_since",
         "_syn_pending",
-        "_syn_retransmitted",
+        "_syn_rtx_at",
         "_syn_sent_at",
         "_tx_dirty",
+        "_wake",
         "_want_writable",
         "_wr_shut",
         "bytes_acked",
@@ -123,6 +132,7 @@ class TCB:
         "local_port",
         "max_snd_wnd",
         "mib",
+        "min_rtt",
         "rcv",
         "rcv_wscale",
         "rec",
@@ -159,10 +169,12 @@ class TCB:
         emit: Callable[[events.Event], None],
         tracer: Callable[[TransitionRecord], None] | None = None,
         limiter: ChallengeAckLimiter | None = None,
+        wake: Callable[[Connection], None] = _no_wake,
     ) -> None:
         self.config = config
         self.mib = mib
         self._emit = emit
+        self._wake = wake
         self._limiter = limiter if limiter is not None else ChallengeAckLimiter(config.challenge_ack_limit)
         self.local_addr = local_addr
         self.local_port = local_port
@@ -178,6 +190,8 @@ class TCB:
         self.rec: Recovery | None = None  # from ESTABLISHED on
         self.cc: CongestionControl | None = None  # from ESTABLISHED on
         self.rtt = RTTEstimator(config.rto_initial, config.rto_min, config.rto_max)
+        # Smallest RTT sample so far (RFC 8985 6.1 RACK.min_RTT, over the connection's life).
+        self.min_rtt = math.inf
         self.timers = Timers()
         # Negotiated at the handshake (RFC 9293 3.7.1, RFC 7323, RFC 2018).
         self.snd_mss = DEFAULT_MSS
@@ -198,7 +212,7 @@ class TCB:
         self.max_snd_wnd = 0
         self._passive = False
         self._syn_sent_at: float | None = None
-        self._syn_retransmitted = False
+        self._syn_rtx_at: float | None = None  # when our SYN / SYN-ACK was last retransmitted
         self._syn_pending = 0  # 1: send our SYN / SYN-ACK, 2: send it again (a retransmission)
         # Timeouts: consecutive retransmission timeouts, unanswered probes (keep-alive or zero-window,
         # Linux icsk_probes_out), when the current stall began (user timeout), persist backoff.
@@ -322,7 +336,7 @@ class TCB:
         iw = mss if self.total_retrans > 1 else initial_window(mss, self.config.initial_cwnd_segments)
         self.cc = create(self.config.congestion_control, mss, iw, now)
         self.rec = Recovery(self.sack_ok)
-        if self._syn_retransmitted:
+        if self._syn_rtx_at is not None:
             self.rtt.restart_after_syn_timeout()  # RFC 6298 5.7
         self._retransmits = 0
         self._last_send = now

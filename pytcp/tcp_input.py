@@ -15,6 +15,7 @@ from tcpcore import ACK, FIN, RST, SYN, TCPSegment, seq_add, seq_diff, seq_in_wi
 from . import events
 from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER
 from .recovery import Phase
+from .sender import Segment
 from .state import Event, State
 from .tcb import MASK, PAWS_IDLE, TCB, ts_clock
 from .timers import TimerKind
@@ -95,15 +96,30 @@ class InputMixin(TCB):
         sent = self._syn_sent_at
         if sent is None:
             return  # a SYN cookie: the stack, not this TCB, sent the SYN-ACK
-        if not self._syn_retransmitted and now >= sent:
-            self.rtt.sample(now - sent)
+        rtx_at = self._syn_rtx_at
+        if rtx_at is None and now >= sent:
+            self._rtt_sample(now - sent)
         elif self.ts_ok and seg.has_timestamps and seg.ts_ecr:
-            self._ts_sample(seg.ts_ecr, now)
+            self._ts_sample(seg.ts_ecr, now, rtx_at)
 
-    def _ts_sample(self, ts_ecr: int, now: float) -> None:
+    def _ts_sample(self, ts_ecr: int, now: float, rtx_at: float | None) -> None:
+        """An RTT sample from the timestamp echo of an ACK of new data (RFC 7323 4.1). ``rtx_at``: when we
+        last retransmitted what it acknowledges. An echo older than that is ambiguous: it may answer the
+        original, or come from the duplicate ACK our retransmission drew from a receiver that had the
+        original but whose ACKs were lost (an out-of-window duplicate leaves TS.Recent alone, RFC 7323 5.3
+        R2 before R3, in Linux and BSD too), and then the "RTT" spans every timeout since, the bias RFC
+        7323 4.2 (C) warns of. Karn's rule (RFC 6298 3) applies to it: no sample, the backoff stays."""
+        if rtx_at is not None and seq_diff(ts_ecr, ts_clock(rtx_at)) < 0:
+            return
         elapsed = (ts_clock(now) - ts_ecr) & MASK
         if elapsed < _TS_HALF:
-            self.rtt.sample(elapsed / 1000)
+            self._rtt_sample(elapsed / 1000)
+
+    def _rtt_sample(self, rtt: float) -> None:
+        """Every RTT measurement feeds the RFC 6298 estimator and RACK's minimum."""
+        self.rtt.sample(rtt)
+        if rtt < self.min_rtt:
+            self.min_rtt = rtt
 
     # -- every other state --------------------------------------------------------------------------
     def _input(self, seg: TCPSegment, now: float, state: State) -> None:
@@ -265,18 +281,27 @@ class InputMixin(TCB):
             self.snd_wl2 = ack
         flight = snd.nxt - una
         acked = 0
+        sent_at: float | None = None  # send time of never-retransmitted data this ACK delivers
+        rtx_at: float | None = None
         if d > 0:
-            acked, sent_at, rtx = snd.ack(una + d)
-            # RFC 6298 3 (Karn): only never-retransmitted segments give samples, unless the timestamp
-            # echo identifies the transmission (RFC 7323 4.1); Linux prefers the former, as here.
-            if not rtx and sent_at is not None and now >= sent_at:
-                self.rtt.sample(now - sent_at)
-            elif self.ts_ok and seg.has_timestamps and seg.ts_ecr:
-                self._ts_sample(seg.ts_ecr, now)
+            acked, sent_at, rtx_at = snd.ack(una + d)
+            if rtx_at is not None:
+                sent_at = None  # RFC 6298 3 (Karn): the ACK may answer either transmission
             self.bytes_acked += acked
             self._retransmits = 0
             self._stall_since = None
-        newly = self._input_sack(seg.sack_blocks, ack) if self.sack_ok and seg.sack_blocks else 0
+        newly = 0
+        if self.sack_ok and seg.sack_blocks:
+            newly, sacked_at = self._input_sack(seg.sack_blocks, ack, now)
+            if sent_at is None:
+                sent_at = sacked_at
+        # One RTT sample per ACK, in Linux tcp_ack_update_rtt's order of preference: cumulatively acked
+        # data never retransmitted, else newly SACKed data never retransmitted, else (when it acknowledges
+        # new data, RFC 7323 4.1) the timestamp echo.
+        if sent_at is not None and now >= sent_at:
+            self._rtt_sample(now - sent_at)
+        elif acked and self.ts_ok and seg.has_timestamps and seg.ts_ecr:
+            self._ts_sample(seg.ts_ecr, now, rtx_at)
         rec = self.rec
         cc = self.cc
         assert rec is not None and cc is not None
@@ -306,15 +331,19 @@ class InputMixin(TCB):
                     self._notify(events.Writable)
         return True
 
-    def _input_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> int:
-        """Mark SACKed segments (RFC 2018, RFC 6675 Update()); returns newly SACKed bytes. A first block
-        below the cumulative ACK or inside the second is a D-SACK (RFC 2883 4, as Linux tcp_check_dsack):
-        counted, never taken as a loss signal."""
+    def _input_sack(
+        self, blocks: tuple[tuple[int, int], ...], ack: int, now: float
+    ) -> tuple[int, float | None]:
+        """Mark SACKed segments (RFC 2018, RFC 6675 Update()); returns the newly SACKed bytes and the
+        earliest send time among them never retransmitted (an RTT sample, Linux first_sackt). A first
+        block below the cumulative ACK or inside the second is a D-SACK (RFC 2883 4, as Linux
+        tcp_check_dsack): counted, never taken as a loss signal. The newest segment delivered tells which
+        retransmissions were lost again (RFC 8985 RACK)."""
         snd = self.snd
         una = snd.una
         una32 = (self.iss + una) & MASK
         span = snd.nxt - una
-        newly = 0
+        newly: list[Segment] = []
         for i, (left, right) in enumerate(blocks):
             if i == 0 and (
                 seq_lt(left, ack)
@@ -326,8 +355,30 @@ class InputMixin(TCB):
             hi = seq_diff(right, una32)
             if lo < 0 or hi > span or lo >= hi:
                 continue  # stale or bogus (Linux tcp_is_sackblock_valid)
-            newly += snd.sack(una + lo, una + hi)
-        return newly
+            snd.sack(una + lo, una + hi, newly)
+        size = 0
+        first: float | None = None
+        rack: tuple[float, int] | None = None  # RFC 8985 RACK.xmit_ts, RACK.end_seq
+        rec = self.rec
+        assert rec is not None
+        for seg in newly:
+            size += seg.end - seg.start
+            sent_at = seg.sent_at
+            if not seg.ever_retrans:
+                # Only data sent since the last loss event times the path (a guard Linux lacks): older
+                # SACK news may ride on an ACK our retransmission provoked after the ACKs first carrying
+                # it were lost, and the "RTT" would span the timeouts (RFC 7323 4.2 (C)'s bias).
+                if seg.start >= rec.recover and (first is None or sent_at < first):
+                    first = sent_at
+            elif now - sent_at < self.min_rtt:
+                # RFC 8985 6.2 step 2: SACKed sooner than any RTT after its retransmission, so maybe the
+                # original was: no evidence of when the delivered transmission left.
+                continue
+            if rack is None or (sent_at, seg.end) > rack:
+                rack = (sent_at, seg.end)
+        if rack is not None and snd.retrans_bytes and snd.mark_lost_retransmits(*rack):
+            self.mib.TCPLostRetransmit += 1
+        return size, first
 
     # -- text and FIN -------------------------------------------------------------------------------
     def _input_text(self, seg: TCPSegment, seq: int, fin_acked_now: bool, now: float) -> None:

@@ -98,7 +98,7 @@ class OutputMixin(TCB):
         if self._syn_pending == 2:
             mib.RetransSegs += 1
             self.total_retrans += 1
-            self._syn_retransmitted = True
+            self._syn_rtx_at = now
         elif self._syn_sent_at is None:
             self._syn_sent_at = now
         self._syn_pending = 0

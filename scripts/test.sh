@@ -14,6 +14,12 @@ need_apt=()
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v sysctl >/dev/null || need_apt+=(procps)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+command -v wrk >/dev/null || need_apt+=(wrk)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

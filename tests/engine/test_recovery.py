@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tcpcore import ACK, SYN
 
 SACK = {"sack": True}
@@ -202,3 +204,64 @@ def test_reneging_receiver_gets_everything_again_after_timeout(tcp):
     p.advance(p.conn.get_timer())
     assert p.conn.info().sacked == 0  # SACKed head at the timeout: forget every SACK mark
     assert offsets(p) == [(1000, 1000)]
+
+
+def timed_sack_established(tcp):
+    """SACK on, and a first RTT sample (and minimum RTT) of 10 ms from the handshake."""
+    p = tcp.syn_sent(tcp.PLAIN.replace(sack=True))
+    p.deliver(SYN | ACK, p.irs, p.iss + 1, mss=1000, sack_permitted=True, t=0.01)
+    p.expect(".")
+    assert p.conn.info().rtt == 0.01
+    return p
+
+
+def loss_recovery_with_two_retransmissions(tcp):
+    """Four segments lost; the timeout resends the first, its ACK clocks out the next two (Linux Loss)."""
+    p = timed_sack_established(tcp)
+    p.call("send", b"q" * 4000)
+    assert len(offsets(p)) == 4
+    p.advance(p.conn.get_timer())  # RTO 0.2 s
+    assert offsets(p) == [(0, 1000)]
+    ack(p, 1000, p.now + 0.02)
+    assert offsets(p) == [(1000, 1000), (2000, 1000)]  # slow start: cwnd 2 segments
+    assert p.conn.info().ca_state == "loss"
+    return p
+
+
+def test_lost_retransmission_is_sent_again_on_sack_evidence(tcp):
+    """RFC 8985 (RACK), as Linux in the Loss state: the retransmission of offset 1000 is lost again, and
+    the SACK of offset 2000, retransmitted after it, shows it. It goes again at once, ACK-clocked, not
+    after another (backed-off) timeout (pytcp.scenario seed 269 with 20 % loss hung that way)."""
+    p = loss_recovery_with_two_retransmissions(tcp)
+    ack(p, 1000, p.now + 0.02, sack=sacks(p, (2000, 3000)))
+    assert offsets(p) == [(1000, 1000), (3000, 1000)]
+    assert p.mib.TCPLostRetransmit == 1
+    ack(p, 4000, p.now + 0.02)
+    assert p.conn.info().ca_state == "open" and p.conn.get_timer() is None
+
+
+def test_sack_too_soon_after_a_retransmission_is_no_evidence(tcp):
+    """RFC 8985 6.2 step 2: SACKed sooner than the minimum RTT after its retransmission, offset 2000 must
+    have been its original; the retransmission of offset 1000 may still be on its way."""
+    p = loss_recovery_with_two_retransmissions(tcp)
+    ack(p, 1000, p.now + 0.005, sack=sacks(p, (2000, 3000)))
+    assert offsets(p) == [(3000, 1000)]
+    assert p.mib.TCPLostRetransmit == 0
+
+
+def test_sack_of_new_data_is_an_rtt_sample(tcp):
+    """As Linux tcp_ack_update_rtt: newly SACKed data never retransmitted is an RTT sample while the
+    cumulative ACK is stuck, but only data sent since the last loss event: older SACK news may ride on an
+    ACK that a retransmission provoked after the ACKs carrying it were lost."""
+    p = timed_sack_established(tcp)
+    p.call("send", b"s" * 6000)
+    p.drain()
+    ack(p, 0, 0.06, sack=sacks(p, (1000, 2000)))
+    assert p.conn.info().rtt == pytest.approx(0.875 * 0.01 + 0.125 * 0.05)
+    ack(p, 0, 0.07, sack=sacks(p, (1000, 3000)))
+    ack(p, 0, 0.08, sack=sacks(p, (1000, 4000)))  # more than 2 SMSS above the hole: recovery
+    assert p.conn.info().ca_state == "recovery"
+    assert offsets(p) == [(0, 1000)]
+    rtt = p.conn.info().rtt
+    ack(p, 0, 0.5, sack=sacks(p, (1000, 6000)))  # sent before recovery began: no sample
+    assert p.conn.info().rtt == rtt

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from pytcp.config import TCPConfig
 from pytcp.scenario import StreamCheck, run_transfer
 from pytcp.sim import LinkConfig
 
@@ -44,6 +45,54 @@ def test_transfer_matrix(seed: int, name: str, link: LinkConfig, nbytes: int) ->
         )
         if link.loss:
             assert stats["lost"] > 0
+
+
+HEAVY = LinkConfig(loss=0.2, duplicate=0.02, reorder=0.05, corrupt=0.02)
+
+
+@pytest.mark.parametrize(
+    ("seed", "config"),
+    [
+        # A duplicate ACK echoing the original's TSval after three timeouts gave a 14 s "RTT": the next
+        # lost segment waited for a 17 s, then 35 s, 69 s... RTO and the client hung in CLOSING.
+        (159, TCPConfig(congestion_control="reno")),
+        # The same without SACK.
+        (208, TCPConfig(congestion_control="reno", sack=False)),
+        # A retransmission lost again after a timeout waited for the next, backed-off, timeout (no RACK).
+        (263, TCPConfig(congestion_control="reno", timestamps=False)),
+        # Without timestamps and with every cumulative ACK covering a retransmission (Karn), no RTT sample
+        # came after the timed-out SYN's 3 s RTO: the backoff outran the budget. SACKed new data now
+        # times the path.
+        (241, TCPConfig(congestion_control="reno", timestamps=False)),
+        # The client's FIN, backed off past the server's TIME-WAIT, drew a RST after the application had
+        # closed: an orphan's end, no application error (every byte arrived).
+        (282, TCPConfig()),
+    ],
+    ids=["159-stale-echo", "208-stale-echo", "263-rack", "241-sack-rtt", "282-orphan-reset"],
+)
+def test_heavy_loss_regressions(seed: int, config: TCPConfig) -> None:
+    result = run_transfer(seed, HEAVY, 50_000, config=config)
+    assert result.ok, result.failures
+
+
+# A slice of the sweep run for every engine change (seeds 0-299 x reno/cubic at 20 % loss, seeds 0-99 at
+# 5 % loss x SACK x timestamps; about 40 s on 2 cores): 0.1 s per seed here.
+@pytest.mark.parametrize("congestion_control", ["reno", "cubic"])
+@pytest.mark.parametrize("first", range(0, 60, 10))
+def test_heavy_loss_sweep_slice(first: int, congestion_control: str) -> None:
+    config = TCPConfig(congestion_control=congestion_control)
+    for seed in range(first, first + 10):
+        result = run_transfer(seed, HEAVY, 50_000, config=config)
+        assert result.ok, (seed, result.failures)
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+@pytest.mark.parametrize("sack", [True, False])
+def test_five_percent_loss_sweep_slice(sack: bool, timestamps: bool) -> None:
+    config = TCPConfig(sack=sack, timestamps=timestamps)
+    for seed in range(3):
+        result = run_transfer(seed, LinkConfig(loss=0.05), 300_000, config=config)
+        assert result.ok, (seed, result.failures)
 
 
 def test_same_seed_same_json() -> None:

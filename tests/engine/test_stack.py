@@ -227,7 +227,6 @@ def test_handshake_events_demux_and_table() -> None:
     assert server.connections() == [child] and client.connections() == [conn]
     # Data goes to the right connection by 4-tuple.
     conn.send(b"ping", 0.1)
-    client.wake(conn)
     exchange(client, server, now=0.1)
     assert child.recv(100, 0.1) == b"ping"
     rows = server.table()
@@ -327,7 +326,6 @@ def test_cookie_handshake(timestamps: bool) -> None:
     assert info.snd_wscale == (peer.rcv_wscale if timestamps else 0)
     assert info.snd_mss + (12 if timestamps else 0) == 1460
     conn.send(b"x" * 5000, 10.1)
-    client.wake(conn)
     exchange(client, server, now=10.1)
     assert child.recv(10000, 10.1) == b"x" * 5000
 
@@ -398,10 +396,8 @@ def test_max_connections() -> None:
 def close_both(client: Stack, server: Stack, conn: Any, child: Any, now: float) -> None:
     """The client closes first and ends in TIME-WAIT; the server ends CLOSED."""
     conn.close(now)
-    client.wake(conn)
     exchange(client, server, now=now)
     child.close(now)
-    server.wake(child)
     exchange(client, server, now=now)
     assert conn.state is State.TIME_WAIT and child.state is State.CLOSED
 
@@ -503,7 +499,41 @@ def test_shutdown_and_event_order() -> None:
     conn, child = established(client, server)
     events(client), events(server)
     conn.shutdown(socket.SHUT_WR, 1.0)
-    client.wake(conn)
     exchange(client, server, now=1.0)
     assert [type(e).__name__ for e in events(server)] == ["PeerClosed"]
     assert child.at_eof
+
+
+# -- the wake hook: application calls reach the stack by themselves -----------------------------------
+
+
+def test_application_calls_wake_the_stack() -> None:
+    """send / close / abort / option changes need no event and no explicit call to be noticed: the
+    connection's wake hook queues it for datagrams_to_send and re-pushes its timer."""
+    client, server = pair()
+    conn, child = established(client, server)
+    assert client.datagrams_to_send(0.0) == server.datagrams_to_send(0.0) == []
+    assert client.get_timer() is None and server.get_timer() is None  # events left undelivered too
+    assert conn.send(b"hello", 1.0) == 5
+    (data,) = [parse(p) for p in client.datagrams_to_send(1.0)]
+    assert data.payload_length == 5 and data.seq == conn.snd_nxt - 5
+    assert client.get_timer() == pytest.approx(1.0 + conn.info().rto)  # RFC 6298 5.1
+    child.close(1.0)
+    (fin,) = [parse(p) for p in server.datagrams_to_send(1.0)]
+    assert tcpcore.flags_to_str(fin.flags) == "F." and child.state is State.FIN_WAIT_1
+    assert server.get_timer() == pytest.approx(1.0 + child.info().rto)
+    conn.abort(2.0)
+    (rst,) = [parse(p) for p in client.datagrams_to_send(2.0)]
+    assert (tcpcore.flags_to_str(rst.flags), rst.seq) == ("R.", conn.snd_nxt)
+    assert conn.state is State.CLOSED and client.get_timer() is None and client.connections() == []
+
+
+def test_option_change_arms_a_timer_without_output() -> None:
+    client, server = pair()
+    _conn, child = established(client, server)
+    child.keepalive = True  # SO_KEEPALIVE on an idle connection: only the timer changes
+    assert server.get_timer() == pytest.approx(server.config.keepalive_time)
+    assert server.datagrams_to_send(0.0) == []
+    server.handle_timer(server.config.keepalive_time)
+    (probe,) = [parse(p) for p in server.datagrams_to_send(server.config.keepalive_time)]
+    assert probe.seq == child.snd_nxt - 1 and probe.payload_length == 0  # RFC 1122 4.2.3.6

@@ -58,8 +58,12 @@ def test_every_state_is_left_and_reached_and_abort_closes_any_tcb() -> None:
     targets = set(TRANSITIONS.values())
     assert sources == set(State)
     assert targets == set(State)
+    # Every TCB the application holds can be aborted; LISTEN belongs to listeners (closed, not aborted)
+    # and to children in the instant before their SYN moves them on.
     assert all(
-        TRANSITIONS[(state, Event.APP_ABORT)] is State.CLOSED for state in State if state is not State.CLOSED
+        TRANSITIONS[(state, Event.APP_ABORT)] is State.CLOSED
+        for state in State
+        if state not in (State.CLOSED, State.LISTEN)
     )
 
 
@@ -164,6 +168,11 @@ def test_passive_reset_returns_to_listen_and_active_refusal_closes() -> None:
 def test_listen_ignores_rst() -> None:
     # RFC 9293 3.10.7.2: an RST in LISTEN is ignored, so it is no transition.
     assert not StateMachine(State.LISTEN).can(Event.RCV_RST)
+
+
+def test_time_wait_ignores_rst() -> None:
+    # RFC 1337: no TIME-WAIT assassination; the engine drops RSTs there, so the table has no such row.
+    assert not StateMachine(State.TIME_WAIT).can(Event.RCV_RST)
 
 
 def test_diagram_draws_every_row() -> None:

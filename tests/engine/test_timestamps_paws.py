@@ -73,3 +73,21 @@ def test_timestamp_echo_measures_retransmitted_segments(tcp):
     ts_val = retransmitted.seg.ts_val
     p.deliver(ACK, p.irs + 1, p.iss + 2, ts=(700, ts_val), t=p.now + 0.05)
     assert p.conn.info().rtt == pytest.approx(0.875 * 0.01 + 0.125 * 0.05)
+    assert p.conn.info().rto == pytest.approx(0.2)  # the sample collapses the backoff (RFC 6298 5.7 note)
+
+
+def test_stale_echo_after_timeouts_is_no_rtt_sample(tcp):
+    """The peer had the data but its ACKs were lost; our retransmission is an out-of-window duplicate for
+    it, which leaves TS.Recent alone (RFC 7323 5.3 R2), so its ACK echoes the original's TSval. As a
+    sample that would "RTT" every timeout (RFC 7323 4.2 (C)); Karn's rule applies: no sample, the
+    backoff stays (pytcp.scenario seed 159 with 20 % loss hung on a 17 s RTO from such an echo)."""
+    p = ts_established(tcp)
+    p.call("send", b"r")
+    original = p.expect("P.", payload=b"r")
+    for rto in (0.4, 0.8, 1.6):
+        p.advance(p.conn.get_timer())
+        p.expect("P.", payload=b"r")
+        assert p.conn.info().rto == pytest.approx(rto)
+    p.deliver(ACK, p.irs + 1, p.iss + 2, ts=(700, original.seg.ts_val), t=p.now + 0.02)
+    info = p.conn.info()
+    assert info.unacked == 0 and info.rtt == pytest.approx(0.01) and info.rto == pytest.approx(1.6)
