@@ -23,6 +23,8 @@ class MIB:
     InEchos: int = 0
     OutEchoReps: int = 0
     InDestUnreachs: int = 0
+    IcmpInErrors: int = 0  # Linux Icmp InErrors: malformed ICMP messages
+    OutOfWindowIcmps: int = 0  # Linux TcpExt: errors quoting a segment not in flight (RFC 5927 4.1)
     # TCP (RFC 4022 TCP-MIB)
     ActiveOpens: int = 0
     PassiveOpens: int = 0

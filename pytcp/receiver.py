@@ -96,10 +96,17 @@ class Receiver:
         """RCV.WND as last advertised, from RCV.NXT (the acceptability test's window)."""
         return max(0, seq_diff(self.adv_right, self.rcv_nxt))
 
+    @property
+    def _slack(self) -> int:
+        """Ring bytes beyond the buffer size: never shrinking the window rounds the old right edge up to
+        the scale unit (below), which may promise up to one unit less a byte more than the buffer holds;
+        Linux lets the receive queue overshoot sk_rcvbuf there, our ring reserves the room instead."""
+        return (1 << self.wscale) - 1
+
     def _ring(self) -> Reassembler:
         reasm = self._reasm
         if reasm is None:
-            reasm = self._reasm = Reassembler(self._nxt, self._capacity, self.max_ranges)
+            reasm = self._reasm = Reassembler(self._nxt, self._capacity + self._slack, self.max_ranges)
         return reasm
 
     # -- arriving data ------------------------------------------------------------------------------
@@ -171,7 +178,7 @@ class Receiver:
         """The window field to advertise now (RFC 9293 3.8.6.2.2, RFC 7323 2.3-2.4)."""
         nxt = self.data_nxt
         reasm = self._reasm
-        free = reasm.window if reasm is not None else self._capacity
+        free = max(0, reasm.window - self._slack) if reasm is not None else self._capacity
         cur = seq_diff(self.adv_right, nxt)
         if cur < 0:
             cur = 0

@@ -375,6 +375,21 @@ class Sender:
             i -= 1
         return segs[0].lost
 
+    def mark_oversized_lost(self, mss: int) -> bool:
+        """The path MTU shrank (RFC 1191): every unSACKed segment with more than ``mss`` bytes is lost and
+        goes again cut to size, as Linux tcp_simple_retransmit. Returns whether any was marked."""
+        marked = False
+        for seg in self.segs:
+            if seg.sacked or seg.data_end - seg.start <= mss:
+                continue
+            if seg.retrans:
+                seg.retrans = False
+                self.retrans_bytes -= seg.end - seg.start
+            self._mark_lost(seg)
+            self.high_rxt = min(self.high_rxt, seg.start)
+            marked = True
+        return marked
+
     def mark_all_lost(self) -> None:
         """Retransmission timeout: every unSACKed segment is lost and no retransmission is in flight
         (Linux tcp_enter_loss). SACK marks are kept unless the receiver reneged: a SACKed segment at

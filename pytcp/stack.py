@@ -24,12 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 import tcpcore
-from tcpcore import ACK, FIN, RST, SYN, MalformedPacket, TCPSegment
+from tcpcore import ACK, FIN, RST, SYN, IPv4Header, MalformedPacket, TCPSegment
 from tcpcore._types import Buffer
+from tcpcore.constants import IPPROTO_ICMP
 
 from .config import TCPConfig
 from .connection import ChallengeAckLimiter, Connection
 from .events import Closed, Connected, Event, IncomingConnection
+from .icmp import IcmpReply, handle_icmp
 from .isn import IsnGenerator, PortAllocator
 from .listener import ListenAction, Listener
 from .mib import MIB
@@ -132,6 +134,9 @@ class Stack:
             if ip.is_fragment:
                 # No reassembly: TCP here always sends with DF and MSS-sized segments.
                 mib.FragDropped += 1
+            elif ip.protocol == IPPROTO_ICMP:
+                mib.InDelivers += 1
+                self._icmp_input(ip, packet, now, checksum_verified)
             else:
                 mib.InUnknownProtos += 1
             return
@@ -495,12 +500,35 @@ class Stack:
                 now=now,
             )
 
-    def _queue(self, packet: bytes) -> None:
+    def _icmp_input(self, ip: IPv4Header, packet: Buffer, now: float, checksum_verified: bool) -> None:
+        """Echo requests are answered; an error quoting one of our segments goes to its connection."""
+        try:
+            action = handle_icmp(
+                ip, packet, self.mib, ttl=self.config.ttl, verify_checksum=not checksum_verified
+            )
+        except MalformedPacket:
+            self.mib.IcmpInErrors += 1
+            return
+        if isinstance(action, IcmpReply):
+            self._enqueue(action.packet)
+        elif action is not None:
+            conn = self._conns.get(action.key)
+            if conn is not None:
+                self._dirty[conn] = None
+                conn.icmp_error(action, now)
+
+    def _enqueue(self, packet: bytes) -> bool:
+        """Queue a packet of the stack's own; False (and dropped) when the bounded queue is full."""
         if len(self._pending) >= MAX_PENDING_PACKETS:
             logger.debug("stack output queue full; dropping a %d-byte packet", len(packet))
-            return
+            return False
         self._pending.append(packet)
-        self.mib.OutSegs += 1
+        return True
+
+    def _queue(self, packet: bytes) -> None:
+        """Queue a TCP segment of the stack's own (RSTs, cookie SYN-ACKs)."""
+        if self._enqueue(packet):
+            self.mib.OutSegs += 1
 
     def _reset_closed(self, key: Key, seg: TCPSegment) -> None:
         """RFC 9293 3.10.7.1 (CLOSED), also used for 3.10.7.2's bad ACK in LISTEN."""

@@ -100,6 +100,8 @@ class Event(enum.Enum):
     """An orphaned connection spent tcp_fin_timeout in FIN-WAIT-2 (Linux; RFC 9293 has no such timer)."""
     GIVE_UP = "give up"
     """Retransmission, SYN, keep-alive or user timeout exhausted (3.8.3 R2, 3.10.8, RFC 1122 4.2.3.6)."""
+    ICMP_ERROR = "rcv ICMP error"
+    """An ICMP error about our SYN (RFC 1122 4.2.3.9): Linux tcp_v4_err ends the attempt at once."""
     TIME_WAIT_REUSE = "TIME-WAIT reuse"
     """A new incarnation takes over the 4-tuple: acceptable SYN (3.6.1, RFC 6191) or Linux tcp_tw_reuse."""
 
@@ -120,12 +122,14 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.SYN_SENT, E.APP_CLOSE): S.CLOSED,  # 3.10.4: delete TCB
         (S.SYN_SENT, E.APP_ABORT): S.CLOSED,  # 3.10.5: delete TCB
         (S.SYN_SENT, E.GIVE_UP): S.CLOSED,  # 3.8.3: R2 for a SYN (Linux tcp_syn_retries)
+        (S.SYN_SENT, E.ICMP_ERROR): S.CLOSED,  # RFC 1122 4.2.3.9, Linux tcp_v4_err: connect fails
         # SYN-RECEIVED.
         (S.SYN_RECEIVED, E.RCV_ACK_OF_SYN): S.ESTABLISHED,  # 3.10.7.4 fifth check
         (S.SYN_RECEIVED, E.PASSIVE_RESET): S.LISTEN,  # 3.10.7.4 second/fourth checks, Figure 5 note 1
         (S.SYN_RECEIVED, E.RCV_RST): S.CLOSED,  # 3.10.7.4 second check: active open, "refused"
         (S.SYN_RECEIVED, E.APP_ABORT): S.CLOSED,  # 3.10.5: send RST, delete TCB
         (S.SYN_RECEIVED, E.GIVE_UP): S.CLOSED,  # 3.8.3 R2 (Linux tcp_synack_retries)
+        (S.SYN_RECEIVED, E.ICMP_ERROR): S.CLOSED,  # as SYN-SENT, for a simultaneous open
         # ESTABLISHED.
         (S.ESTABLISHED, E.APP_CLOSE): S.FIN_WAIT_1,  # 3.10.4: send FIN after queued data
         (S.ESTABLISHED, E.RCV_FIN): S.CLOSE_WAIT,  # 3.10.7.4 eighth check

@@ -111,6 +111,7 @@ class TCB:
         "_recv_cap",
         "_retransmits",
         "_sm",
+        "_soft_error",
         "_stall_since",
         "_syn_pending",
         "_syn_rtx_at",
@@ -231,6 +232,9 @@ class TCB:
         self._orphan = False  # close() was called: nobody reads any more
         self._fin_deferred = False  # CLOSE before ESTABLISHED, queued (RFC 9293 3.10.4)
         self._error: int | None = None
+        # Linux sk_err_soft: the errno of the last ICMP error that did not end the connection, reported
+        # instead of ETIMEDOUT if the connection later gives up (RFC 1122 4.2.3.9).
+        self._soft_error: int | None = None
         self._readable_notified = False
         self._want_writable = False
         self._nodelay = config.nodelay
@@ -364,9 +368,13 @@ class TCB:
         self.ts_ok = cfg.timestamps and timestamps  # RFC 7323 3.2
         # RFC 9293 3.7.1 / RFC 6691: the MSS counts no options; each segment's payload is what the
         # MSS leaves beside the options that segment carries (Linux tcp_current_mss).
-        base = min(peer_mss, cfg.mss)
+        self._set_mss(min(peer_mss, cfg.mss))
+
+    def _set_mss(self, mss: int) -> None:
+        """Segment sizes for an MSS (options not counted): the payload each segment may carry beside its
+        timestamp and 0..4 SACK blocks, and how many SACK blocks an ACK may carry at all."""
         ts = self.ts_ok
-        self._mss_table = [base - tcp_options_length(timestamps=ts, sack_blocks=k) for k in range(5)]
+        self._mss_table = [mss - tcp_options_length(timestamps=ts, sack_blocks=k) for k in range(5)]
         self.snd_mss = self._mss_table[0]
         blocks = 0
         if self.sack_ok:
@@ -467,7 +475,9 @@ class TCB:
             self.mib.TCPAckSkippedChallenge += 1
 
     def _fail(self, err: int, now: float, *, reset_peer: bool) -> None:
-        """Give up on the connection (timeouts): tell the application, go to CLOSED."""
+        """Give up on the connection (timeouts): tell the application, go to CLOSED. A soft ICMP error
+        seen meanwhile is the better explanation and replaces ``err``, as in Linux tcp_write_err."""
+        err = self._soft_error or err
         state = self._sm.state
         silent = state is State.SYN_RECEIVED and self._passive  # never seen by the application
         if not silent:

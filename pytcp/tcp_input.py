@@ -10,9 +10,23 @@ from __future__ import annotations
 
 from errno import ECONNREFUSED, ECONNRESET
 
-from tcpcore import ACK, FIN, RST, SYN, TCPSegment, seq_add, seq_diff, seq_in_window, seq_le, seq_lt
+from tcpcore import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    TCPSegment,
+    seq_add,
+    seq_diff,
+    seq_in_window,
+    seq_le,
+    seq_lt,
+    tcp_options_length,
+)
+from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 
 from . import events
+from .icmp import IcmpError, IcmpErrorKind
 from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER
 from .recovery import Phase
 from .sender import Segment
@@ -23,6 +37,7 @@ from .timers import TimerKind
 __all__ = ["InputMixin"]
 
 _TEXT_STATES = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_HANDSHAKE_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
 # Half of the 32-bit timestamp space: a TSecr "older" than this is from another epoch, not an RTT.
 _TS_HALF = 1 << 31
 
@@ -30,7 +45,10 @@ _TS_HALF = 1 << 31
 def acceptable(seq: int, seglen: int, rcv_nxt: int, wnd: int) -> bool:
     """RFC 9293 3.10.7.4 first check: the four cases of segment length and receive window."""
     if seglen == 0:
-        return seq == rcv_nxt if wnd == 0 else seq_in_window(seq, rcv_nxt, wnd)
+        # A segment without text may also sit exactly at the right edge, as Linux tcp_sequence accepts
+        # (``!after(seq, rcv_nxt + window)``): a peer that filled our window and lost that data sends
+        # its ACKs with SEG.SEQ = RCV.NXT + RCV.WND, and rejecting them would freeze our send side.
+        return seq == rcv_nxt if wnd == 0 else seq_in_window(seq, rcv_nxt, wnd + 1)
     if wnd == 0:
         return False
     return seq_in_window(seq, rcv_nxt, wnd) or seq_in_window(seq_add(seq, seglen - 1), rcv_nxt, wnd)
@@ -251,6 +269,51 @@ class InputMixin(TCB):
         child, it is then deleted (the listener itself stays)."""
         self._apply(Event.PASSIVE_RESET, now, note)
         self._apply(Event.APP_CLOSE, now, "child of a listener: delete the TCB")
+
+    # -- ICMP -----------------------------------------------------------------------------------------
+    def icmp_error(self, error: IcmpError, now: float) -> None:
+        """An ICMP error quoting one of our segments (the stack matched ``error.key`` to this TCB), treated
+        as Linux tcp_v4_err does."""
+        state = self._sm.state
+        if state is State.CLOSED or state is State.LISTEN or state is State.TIME_WAIT:
+            return
+        self._tx_dirty = True
+        una = self.iss if state in _HANDSHAKE_STATES else (self.iss + self.snd.una) & MASK
+        if not seq_in_window(error.seq, una, seq_diff(self.snd_nxt, una) + 1):
+            # RFC 5927 4.1: only a segment still in flight (SND.UNA <= SEG.SEQ <= SND.NXT, Linux
+            # between()) can have caused it; anything else is stale or forged.
+            self.mib.OutOfWindowIcmps += 1
+            return
+        if error.kind is IcmpErrorKind.FRAGMENTATION_NEEDED:
+            self._path_mtu_dropped(error.mtu)
+            return
+        if state is State.SYN_SENT or (state is State.SYN_RECEIVED and not self._passive):
+            # Linux ends a connection attempt on any error about its SYN (soft ones too, unlike RFC 1122
+            # 4.2.3.9's SHOULD NOT for established connections): connect() fails with that errno.
+            self._error = error.errno
+            self._notify(events.ConnectionFailed, error.errno)
+            self._apply(Event.ICMP_ERROR, now, error.kind.value)
+        elif state is State.SYN_RECEIVED:
+            if not error.kind.soft:
+                # Linux tcp_req_err: a hard error drops the half-open child silently (POSIX gives
+                # accept() no way to report it).
+                self._passive_reset(now, "rcv ICMP error")
+        else:
+            # RFC 1122 4.2.3.9: an established connection is not aborted (Linux without IP_RECVERR);
+            # the error explains a later give-up instead of ETIMEDOUT.
+            self._soft_error = error.errno
+
+    def _path_mtu_dropped(self, mtu: int) -> None:
+        """RFC 1191 6.4 / Linux tcp_v4_mtu_reduced: shrink the MSS to the reported MTU and resend what no
+        longer fits at once (it was dropped, not congested: cwnd keeps its size in segments)."""
+        mss = mtu - IPV4_HEADER_MIN - TCP_HEADER_MIN  # RFC 1191 3: headers without options
+        current = self.snd_mss + tcp_options_length(timestamps=self.ts_ok)
+        if mss >= current:
+            return
+        self._set_mss(mss)
+        if self.cc is not None:
+            self.cc.set_mss(self.snd_mss)
+        self.snd.mark_oversized_lost(self.snd_mss)
 
     # -- the ACK field ------------------------------------------------------------------------------
     def _input_ack(self, seg: TCPSegment, now: float) -> bool:

@@ -121,3 +121,22 @@ def test_scaled_window_never_shrinks(tcp):
     assert p.conn.info().rcv_wnd == 1997 * 32
     p.call("send", b"s" * 9000)
     assert sum(len(s.payload) for s in p.drain()) == 9000  # the peer's window was 2500 << 2
+    # The rounded-up edge is a promise: all 63904 bytes fit (the ring keeps a scale unit of slack).
+    for off in range(0, 63904, 1000):
+        size = min(1000, 63904 - off)
+        p.deliver(ACK, p.irs + 101 + off, p.iss + 1, 2500, payload=b"f" * size, t=0.05, poll=False)
+    p.poll()
+    assert p.drain()[-1].seg.ack == p.irs + 101 + 63904
+    assert p.conn.readable == 100 + 63904
+
+
+def test_pure_ack_at_the_right_edge_is_accepted(tcp):
+    """Linux tcp_sequence: SEG.SEQ = RCV.NXT + RCV.WND without text is acceptable. A peer whose data
+    filling our window was lost sends its ACKs there; dropping them would freeze our sender."""
+    p = tcp.established()
+    p.call("send", b"a" * 1000)
+    p.expect("P.", seq=p.iss + 1, length=1000)
+    edge = p.irs + 1 + 64000  # the peer sent a full window that never arrived
+    p.deliver(ACK, edge, p.iss + 1001, t=0.01)
+    assert p.conn.info().unacked == 0
+    p.expect_nothing()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable
+from errno import EHOSTUNREACH
 from types import SimpleNamespace
 from typing import Any
 
 from pytcp.config import TCPConfig
+from pytcp.icmp import IcmpError, IcmpErrorKind
 from pytcp.stack import Stack
 from pytcp.state import TRANSITIONS, Event, State, TransitionRecord
 from tcpcore import ACK, FIN, RST, SYN
@@ -76,6 +78,14 @@ def peer_traces(tcp: SimpleNamespace) -> Iterable[list[TransitionRecord]]:
     for flags, seq in ((RST, irs + 1), (SYN, irs + 100)):
         p = tcp.syn_received()
         p.deliver(flags, seq)
+        assert p.state is State.CLOSED
+        yield p.transitions
+    # An ICMP error about our SYN ends the attempt, also after a simultaneous open.
+    for simultaneous in (False, True):
+        p = tcp.syn_sent()
+        if simultaneous:
+            p.deliver(SYN, irs, mss=1000)
+        p.conn.icmp_error(IcmpError(p.conn.key, IcmpErrorKind.HOST_UNREACHABLE, EHOSTUNREACH, p.iss), p.now)
         assert p.state is State.CLOSED
         yield p.transitions
     # Simultaneous open (SYN-SENT -> SYN-RECEIVED), refused there by a RST, or aborted.

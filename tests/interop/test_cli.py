@@ -277,6 +277,16 @@ def test_serve_echo_and_discard(server: Server) -> None:
         assert sock.recv(1) == b""  # nothing comes back, then the server's FIN
 
 
+@pytest.mark.netns
+def test_serve_answers_ping(server: Server) -> None:
+    proc = server.ns.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", STACK], timeout=STEP, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0% packet loss" in proc.stdout
+    counters = json.loads(server.pytcp("counters", "--json").stdout)
+    assert counters["mib"]["InEchos"] >= 3 and counters["mib"]["OutEchoReps"] >= 3
+
+
+@pytest.mark.netns
 def test_serve_control_socket(server: Server) -> None:
     with server.kernel_socket(ECHO) as sock:
         sock.sendall(b"hello")
