@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
+from .addresses import dotted, parse_endpoint
 from .events import (
     Closed,
     Connected,
@@ -52,7 +53,6 @@ from .events import (
     PeerClosed,
     Writable,
 )
-from .socket import _dotted, _parse_address
 
 if TYPE_CHECKING:
     from .connection import Connection, TCPInfo
@@ -221,7 +221,7 @@ class _Channel:
             self._push()
         elif isinstance(event, Connected):
             conn = event.conn
-            self._post(self._transport._on_connected, (_dotted(conn.local_addr), conn.local_port))
+            self._post(self._transport._on_connected, (dotted(conn.local_addr), conn.local_port))
             self._pull()  # data that came with the handshake's last segment
         elif isinstance(event, ConnectionReset | ConnectionFailed):
             self._finish(_error(event.errno))
@@ -345,8 +345,8 @@ class _Acceptor:
         transport = StackTransport(
             runtime,
             self._loop,
-            (_dotted(conn.remote_addr), conn.remote_port),
-            (_dotted(conn.local_addr), conn.local_port),
+            (dotted(conn.remote_addr), conn.remote_port),
+            (dotted(conn.local_addr), conn.local_port),
         )
         channel = transport._channel
         channel.attach(conn)
@@ -787,12 +787,12 @@ async def create_connection(
 ) -> tuple[StackTransport, asyncio.Protocol]:
     """Active open to ``host`` (a dotted quad) : ``port``, like loop.create_connection. Raises what a
     socket connect would: ConnectionRefusedError (RST), TimeoutError (SYN retries), OSError(EADDRNOTAVAIL)."""
-    address, port = _parse_address((host, port))
+    address, port = parse_endpoint((host, port))
     if not address:
         raise _error(errno.EADDRNOTAVAIL)  # as pytcp.socket: the wildcard leads nowhere
     loop = asyncio.get_running_loop()
     protocol = protocol_factory()
-    transport = StackTransport(runtime, loop, (_dotted(address), port))
+    transport = StackTransport(runtime, loop, (dotted(address), port))
     transport._protocol = protocol
     waiter = transport._waiter = loop.create_future()
     try:

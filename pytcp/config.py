@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar, cast
 
-__all__ = ["ConfigError", "TCPConfig"]
+__all__ = ["ConfigError", "TCPConfig", "check_knob"]
 
 _T = TypeVar("_T")
 
@@ -261,8 +261,8 @@ class TCPConfig:
     )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_field(self, f)
+        for name in _FIELDS:
+            object.__setattr__(self, name, check_knob(name, getattr(self, name)))
         for name in ("recv_buffer", "send_buffer"):
             _check_range(name, getattr(self, name), 2 * self.mss, self.max_buffer, "2*mss..max_buffer = ")
         _check_range("rto_initial", self.rto_initial, self.rto_min, self.rto_max, "rto_min..rto_max = ")
@@ -313,7 +313,8 @@ class TCPConfig:
 
 
 # Each knob's type: a class, since this module does not postpone the evaluation of annotations.
-_KINDS: dict[str, type] = {f.name: cast(type, f.type) for f in dataclasses.fields(TCPConfig)}
+_FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(TCPConfig)}
+_KINDS: dict[str, type] = {name: cast(type, f.type) for name, f in _FIELDS.items()}
 
 
 def _check_known(names: Mapping[str, object]) -> None:
@@ -322,22 +323,24 @@ def _check_known(names: Mapping[str, object]) -> None:
         raise ConfigError(f"unknown knob(s): {', '.join(unknown)}")
 
 
-def _check_field(config: TCPConfig, f: dataclasses.Field[Any]) -> None:
-    """Type and static bounds of one knob; ints given for float knobs become floats."""
-    value = getattr(config, f.name)
-    kind = _KINDS[f.name]
+def check_knob(name: str, value: Any) -> Any:
+    """``value`` checked against knob ``name``'s type and static bounds (ints given for float knobs
+    become floats); ConfigError (a ValueError) otherwise. Per-connection options that mirror a knob
+    (TCP_KEEPINTVL, TCP_USER_TIMEOUT, ...) are checked here too, so both accept the same values."""
+    kind = _KINDS[name]
     accepted = (int, float) if kind is float else kind
     # bool subclasses int: a bool passes only for a bool knob, and only a bool passes for one.
     if not isinstance(value, accepted) or isinstance(value, bool) is not (kind is bool):
-        raise ConfigError(f"{f.name} must be {kind.__name__} (got {value!r})")
+        raise ConfigError(f"{name} must be {kind.__name__} (got {value!r})")
     if kind is float:
-        value = float(getattr(config, f.name))
-        object.__setattr__(config, f.name, value)
-    lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+        value = float(cast(float, value))
+    metadata = _FIELDS[name].metadata
+    lo, hi, choices = metadata["lo"], metadata["hi"], metadata["choices"]
     if choices and value not in choices:
-        raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
     if lo is not None:
-        _check_range(f.name, value, lo, hi)
+        _check_range(name, value, lo, hi)
+    return value
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, spec: str = "") -> None:

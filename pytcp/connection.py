@@ -20,7 +20,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from tcpcore import TCPSegment
 
-from .config import TCPConfig
+from .config import TCPConfig, check_knob
 from .receiver import Receiver, choose_wscale
 from .state import Event, State
 from .tcb import ChallengeAckLimiter, ts_clock
@@ -356,9 +356,7 @@ class Connection(InputMixin, OutputMixin):
     @keepalive_time.setter
     @_app_call
     def keepalive_time(self, value: float) -> None:
-        if value <= 0:
-            raise ValueError("keepalive_time must be > 0")
-        self._keepalive_time = float(value)
+        self._keepalive_time = check_knob("keepalive_time", value)  # TCP_KEEPIDLE, the knob's bounds
         self._arm_keepalive()
 
     def _arm_keepalive(self) -> None:

@@ -67,6 +67,9 @@ class MIB:
     TCPReqQFullDrop: int = 0
     TCPAckSkippedChallenge: int = 0
     TCPLostRetransmit: int = 0
+    TCPInvalidSequence: int = 0  # unacceptable segments (Linux drop reason TCP_INVALID_SEQUENCE)
+    TCPACKSkippedSeq: int = 0
+    TCPACKSkippedPAWS: int = 0
 
     def snapshot(self) -> dict[str, int]:
         """All counters by name, for the API, the CLI and tests."""

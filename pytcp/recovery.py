@@ -50,10 +50,6 @@ class Recovery:
     def __repr__(self) -> str:
         return f"Recovery({self.phase.value}, dupacks={self.dupacks}, recover={self.recover})"
 
-    @property
-    def in_fast_recovery(self) -> bool:
-        return self.phase is Phase.RECOVERY
-
     def on_ack(
         self,
         snd: Sender,

@@ -43,13 +43,6 @@ class RTTEstimator:
         self.rto = rto_initial
         self.backoff_count = 0
 
-    def reset(self) -> None:
-        """Forget every sample and the backoff (RFC 6298 2.1: RTO = initial value)."""
-        self.srtt = None
-        self.rttvar = 0.0
-        self.rto = self.rto_initial
-        self.backoff_count = 0
-
     def sample(self, rtt: float) -> None:
         """Take one valid RTT measurement in seconds; raises ValueError if negative or not finite."""
         if not 0 <= rtt < math.inf:

@@ -115,10 +115,6 @@ class Sender:
         return self.nxt < self.end or (self.fin_queued and self.nxt == self.end)
 
     @property
-    def fin_sent(self) -> bool:
-        return self.nxt > self.end
-
-    @property
     def fin_acked(self) -> bool:
         return self.una > self.end
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from .addresses import dotted
+
 __all__ = ["Endpoint", "LinkConfig", "LinkStats", "Network", "Tap"]
 
 logger = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ class Network:
         node = self._nodes.get(address)
         if node is not None:
             if node.endpoint is not endpoint:
-                raise ValueError(f"address {_fmt(address)} already belongs to another endpoint")
+                raise ValueError(f"address {dotted(address)} already belongs to another endpoint")
             return
         self._nodes[address] = _Node(endpoint)
 
@@ -202,7 +204,7 @@ class Network:
         if a.address == b.address:
             raise ValueError("cannot link an endpoint to itself")
         if (a.address, b.address) in self._directions:
-            raise ValueError(f"{_fmt(a.address)} and {_fmt(b.address)} are already linked")
+            raise ValueError(f"{dotted(a.address)} and {dotted(b.address)} are already linked")
         index = self._links
         self._links += 1
         ends = ((a, b, config_ab), (b, a, config_ab if config_ba is None else config_ba))
@@ -221,7 +223,7 @@ class Network:
         """Send what the endpoint queued and re-arm its timer; call after acting on it outside an event."""
         node = self._nodes.get(endpoint.address)
         if node is None or node.endpoint is not endpoint:
-            raise ValueError(f"endpoint {_fmt(endpoint.address)} was not added to this network")
+            raise ValueError(f"endpoint {dotted(endpoint.address)} was not added to this network")
         self._after(node)
 
     def step(self) -> bool:
@@ -354,8 +356,3 @@ class Network:
             flipped[bit >> 3] ^= 1 << (bit & 7)
             packet = bytes(flipped)
         heapq.heappush(self._heap, (arrival, next(self._seq), d, packet))
-
-
-def _fmt(address: int) -> str:
-    """Dotted quad for messages."""
-    return ".".join(str(address >> shift & 0xFF) for shift in (24, 16, 8, 0))

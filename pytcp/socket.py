@@ -19,7 +19,6 @@ payload only); SO_LINGER with a zero time aborts on close, any other linger clos
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import secrets
 import socket as _socket
@@ -30,6 +29,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
+from .addresses import dotted, parse_endpoint
+from .config import ConfigError, check_knob
 from .state import State
 
 if TYPE_CHECKING:
@@ -51,12 +52,13 @@ DEFAULT_BACKLOG: Final = 128
 _LINGER = struct.Struct("ii")
 _INT = struct.Struct("i")
 _INT_RANGE: Final = (-(2**31), 2**31 - 1)
-#: Linux's ranges (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): outside them setsockopt is EINVAL.
-_RANGES: Final = {
-    _socket.TCP_KEEPIDLE: (1, 32767),
-    _socket.TCP_KEEPINTVL: (1, 32767),
-    _socket.TCP_KEEPCNT: (1, 127),
-    _socket.TCP_USER_TIMEOUT: (0, 2**31 - 1),
+#: Options that mirror a TCPConfig knob, with the option's units per knob unit: their values must pass
+#: the knob's bounds (Linux's MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT), else EINVAL.
+_KNOB_OPTIONS: Final = {
+    _socket.TCP_KEEPIDLE: ("keepalive_time", 1),
+    _socket.TCP_KEEPINTVL: ("keepalive_intvl", 1),
+    _socket.TCP_KEEPCNT: ("keepalive_probes", 1),
+    _socket.TCP_USER_TIMEOUT: ("user_timeout", 1000),  # milliseconds, as Linux
 }
 _TCP_OPTIONS: Final = frozenset(
     {
@@ -96,28 +98,6 @@ _BLOCK: Final = _Block()
 def _error(code: int) -> OSError:
     """OSError(code) -- which Python turns into the matching subclass (ConnectionResetError, ...)."""
     return OSError(code, os.strerror(code))
-
-
-def _dotted(address: int) -> str:
-    return str(ipaddress.IPv4Address(address))
-
-
-def _parse_address(address: object) -> tuple[int, int]:
-    """(IPv4 as int, port) from ``(host, port)`` with a dotted-quad host, checked as Python's socket does."""
-    if not isinstance(address, tuple) or len(address) != 2:
-        raise TypeError("AF_INET address must be a pair (host, port)")
-    host, port = address
-    if not isinstance(host, str) or not isinstance(port, int):
-        raise TypeError("AF_INET address must be a (str, int) pair")
-    if not 0 <= port <= 0xFFFF:
-        raise OverflowError("port must be 0-65535.")
-    if host in ("", "<any>"):
-        return 0, port
-    try:
-        return int(ipaddress.IPv4Address(host)), port
-    except ipaddress.AddressValueError:
-        # This stack resolves no names: a host that is no dotted quad fails as getaddrinfo would.
-        raise _socket.gaierror(_socket.EAI_NONAME, "Name or service not known") from None
 
 
 class Socket:
@@ -213,7 +193,7 @@ class Socket:
     # -- connection setup ----------------------------------------------------------------------------
 
     def bind(self, address: tuple[str, int]) -> None:
-        host, port = _parse_address(address)
+        host, port = parse_endpoint(address)
         stack_address = self._runtime.stack.address
         if host not in (0, stack_address):
             raise _error(errno.EADDRNOTAVAIL)
@@ -267,7 +247,7 @@ class Socket:
         sock = self._run(self._accept_now)
         conn = sock._conn
         assert conn is not None
-        return sock, (_dotted(conn.remote_addr), conn.remote_port)
+        return sock, (dotted(conn.remote_addr), conn.remote_port)
 
     def _accept_now(self) -> Socket | _Block:
         listener = self._listener
@@ -279,7 +259,7 @@ class Socket:
         return Socket._accepted(self._runtime, conn, self)
 
     def connect(self, address: tuple[str, int]) -> None:
-        host, port = _parse_address(address)
+        host, port = parse_endpoint(address)
         if not host:
             raise _error(errno.EADDRNOTAVAIL)  # no loopback through the device: the wildcard leads nowhere
         if not port:
@@ -506,9 +486,14 @@ class Socket:
         _check_option(level, optname)
         if level == _socket.SOL_SOCKET and optname in _READ_ONLY:
             raise _error(errno.ENOPROTOOPT)
-        low, high = _RANGES.get(optname, _INT_RANGE) if level == _socket.IPPROTO_TCP else _INT_RANGE
+        low, high = _INT_RANGE
         if not low <= number <= high:
             raise _error(errno.EINVAL)
+        if level == _socket.IPPROTO_TCP and optname in _KNOB_OPTIONS:
+            try:
+                check_knob(*_knob_value(optname, number))
+            except ConfigError:
+                raise _error(errno.EINVAL) from None
         self._call(self._setsockopt_now, level, optname, number)
 
     def _setsockopt_now(self, level: int, optname: int, value: int) -> None:
@@ -547,18 +532,18 @@ class Socket:
         self._check_open()
         conn = self._conn
         if conn is not None:
-            return _dotted(conn.local_addr), conn.local_port
+            return dotted(conn.local_addr), conn.local_port
         port = self._listener.port if self._listener is not None else self._port
         if not port or self._wildcard:
             return _WILDCARD, port
-        return _dotted(self._runtime.stack.address), port
+        return dotted(self._runtime.stack.address), port
 
     def getpeername(self) -> tuple[str, int]:
         self._check_open()
         conn = self._conn
         if conn is None or conn.state in _CONNECTING or conn.state is State.CLOSED:
             raise _error(errno.ENOTCONN)
-        return _dotted(conn.remote_addr), conn.remote_port
+        return dotted(conn.remote_addr), conn.remote_port
 
     # -- timeouts and identity -----------------------------------------------------------------------
 
@@ -624,14 +609,14 @@ def _set_option(conn: Connection, level: int, optname: int, value: int) -> None:
         return  # SO_REUSEADDR only matters to bind
     if optname == _socket.TCP_NODELAY:
         conn.nodelay = bool(value)
-    elif optname == _socket.TCP_KEEPIDLE:
-        conn.keepalive_time = value
-    elif optname == _socket.TCP_KEEPINTVL:
-        conn.keepalive_intvl = value
-    elif optname == _socket.TCP_KEEPCNT:
-        conn.keepalive_probes = value
-    elif optname == _socket.TCP_USER_TIMEOUT:
-        conn.user_timeout = value / 1000  # milliseconds, as Linux
+    else:
+        setattr(conn, *_knob_value(optname, value))
+
+
+def _knob_value(optname: int, value: int) -> tuple[str, float]:
+    """The connection attribute (named as its TCPConfig knob) an option sets, and the value in its units."""
+    name, scale = _KNOB_OPTIONS[optname]
+    return name, value / scale if scale != 1 else value
 
 
 def _get_option(conn: Connection, level: int, optname: int) -> int:
@@ -644,13 +629,9 @@ def _get_option(conn: Connection, level: int, optname: int) -> int:
         return conn.snd.capacity
     if optname == _socket.TCP_NODELAY:
         return int(conn.nodelay)
-    if optname == _socket.TCP_KEEPIDLE:
-        return round(conn.keepalive_time)
-    if optname == _socket.TCP_KEEPINTVL:
-        return round(conn.keepalive_intvl)
-    if optname == _socket.TCP_KEEPCNT:
-        return conn.keepalive_probes
-    return round(conn.user_timeout * 1000)
+    name, scale = _KNOB_OPTIONS[optname]
+    value: float = getattr(conn, name)
+    return round(value * scale)
 
 
 def _default_option(runtime: StackRuntime, level: int, optname: int) -> int:
@@ -663,11 +644,8 @@ def _default_option(runtime: StackRuntime, level: int, optname: int) -> int:
             _socket.SO_SNDBUF: config.send_buffer,
         }
         return defaults.get(optname, 0)
-    defaults = {
-        _socket.TCP_NODELAY: int(config.nodelay),
-        _socket.TCP_KEEPIDLE: round(config.keepalive_time),
-        _socket.TCP_KEEPINTVL: round(config.keepalive_intvl),
-        _socket.TCP_KEEPCNT: config.keepalive_probes,
-        _socket.TCP_USER_TIMEOUT: round(config.user_timeout * 1000),
-    }
-    return defaults[optname]
+    if optname == _socket.TCP_NODELAY:
+        return int(config.nodelay)
+    name, scale = _KNOB_OPTIONS[optname]
+    value: float = getattr(config, name)
+    return round(value * scale)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import heapq
-import ipaddress
 import itertools
 import logging
 import os
+import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +28,7 @@ from tcpcore import ACK, FIN, RST, SYN, IPv4Header, MalformedPacket, TCPSegment
 from tcpcore._types import Buffer
 from tcpcore.constants import IPPROTO_ICMP
 
+from .addresses import dotted
 from .config import TCPConfig
 from .connection import ChallengeAckLimiter, Connection
 from .events import Closed, Connected, Event, IncomingConnection
@@ -88,7 +89,8 @@ class Stack:
         self._ports = PortAllocator(secret)
         self._cookies = SynCookies(secret)
         self._tracer = tracer
-        self._limiter = ChallengeAckLimiter(self.config.challenge_ack_limit)
+        # The per-second budget is randomised (CVE-2016-5696), from the secret so a seeded run replays.
+        self._limiter = ChallengeAckLimiter(self.config.challenge_ack_limit, random.Random(secret))
         self._conns: dict[Key, Connection] = {}
         self._listeners: dict[tuple[int, int], Listener] = {}
         #: Passive children not yet accepted -> their listener.
@@ -103,9 +105,8 @@ class Stack:
         self._now = 0.0
 
     def __repr__(self) -> str:
-        return (
-            f"Stack({_fmt(self._address)}, {len(self._conns)} connections, {len(self._listeners)} listeners)"
-        )
+        counts = f"{len(self._conns)} connections, {len(self._listeners)} listeners"
+        return f"Stack({dotted(self._address)}, {counts})"
 
     @property
     def address(self) -> int:
@@ -283,7 +284,7 @@ class Stack:
     def info(self) -> dict[str, Any]:
         """Stack-wide figures: address, table sizes and every counter."""
         return {
-            "address": _fmt(self._address),
+            "address": dotted(self._address),
             "connections": len(self._conns),
             "listeners": len(self._listeners),
             "mib": self.mib.snapshot(),
@@ -296,7 +297,7 @@ class Stack:
             rows.append(
                 {
                     "state": listener.state.value,
-                    "local": f"{_fmt(listener.local_addr)}:{listener.port}",
+                    "local": f"{dotted(listener.local_addr)}:{listener.port}",
                     "remote": "*:*",
                     # As ss: for a listener Recv-Q is the accept queue and Send-Q its limit.
                     "recv_q": len(listener.accept_queue),
@@ -309,8 +310,8 @@ class Stack:
             rows.append(
                 {
                     "state": conn.state.value,
-                    "local": f"{_fmt(laddr)}:{lport}",
-                    "remote": f"{_fmt(raddr)}:{rport}",
+                    "local": f"{dotted(laddr)}:{lport}",
+                    "remote": f"{dotted(raddr)}:{rport}",
                     "recv_q": conn.readable,
                     "send_q": info.unacked + info.notsent,
                     "rtt": info.rtt,
@@ -582,7 +583,3 @@ class Stack:
                 ttl=config.ttl,
             )
         )
-
-
-def _fmt(address: int) -> str:
-    return str(ipaddress.IPv4Address(address))

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from tcpcore import ACK, RST, build_tcp_ipv4, tcp_options_length
 
 from . import events
-from .config import TCPConfig
+from .addresses import dotted
+from .config import TCPConfig, check_knob
 from .congestion import CongestionControl, create, initial_window
 from .mib import MIB
 from .receiver import MAX_WSCALE, Receiver, choose_wscale
@@ -46,9 +47,19 @@ def _no_wake(conn: Connection) -> None:
     """The default wake hook: an owner that polls every connection after each call needs none."""
 
 
+#: Timestamp clock ticks per second: 1 ms ticks (RFC 7323 5.4 allows 1 ms to 1 s per tick), as Linux.
+TS_HZ = 1000
+#: Linux tcp_invalid_ratelimit (HZ / 2): the fewest seconds between two duplicate ACKs sent in reply to
+#: unacceptable segments without text.
+OOW_ACK_INTERVAL = 0.5
+#: Control packets (RSTs) a connection holds between two polls: each arriving segment queues at most one
+#: and the stack polls after every read batch of 64 packets (pytcp.runtime BATCH_SLOTS).
+MAX_CTL_PACKETS = 64
+
+
 def ts_clock(now: float) -> int:
-    """Our TSval for ``now``: a millisecond clock (RFC 7323 5.4 allows 1 ms to 1 s per tick)."""
-    return int(now * 1000) & MASK
+    """Our TSval for ``now``."""
+    return int(now * TS_HZ) & MASK
 
 
 class ChallengeAckLimiter:
@@ -92,8 +103,11 @@ class TCB:
         "_error",
         "_fin_deferred",
         "_keepalive",
+        "_keepalive_intvl",
+        "_keepalive_probes",
         "_keepalive_time",
         "_last_ack_sent",
+        "_last_oow_ack",
         "_last_rcv",
         "_last_send",
         "_limiter",
@@ -117,6 +131,7 @@ class TCB:
         "_syn_rtx_at",
         "_syn_sent_at",
         "_tx_dirty",
+        "_user_timeout",
         "_wake",
         "_want_writable",
         "_wr_shut",
@@ -127,8 +142,6 @@ class TCB:
         "config",
         "irs",
         "iss",
-        "keepalive_intvl",
-        "keepalive_probes",
         "local_addr",
         "local_port",
         "max_snd_wnd",
@@ -152,7 +165,6 @@ class TCB:
         "ts_ok",
         "ts_recent",
         "ts_recent_time",
-        "user_timeout",
         "wscale_ok",
     )
 
@@ -181,7 +193,7 @@ class TCB:
         self.local_port = local_port
         self.remote_addr = remote_addr
         self.remote_port = remote_port
-        name = f"{_fmt(local_addr)}:{local_port}>{_fmt(remote_addr)}:{remote_port}"
+        name = f"{dotted(local_addr)}:{local_port}>{dotted(remote_addr)}:{remote_port}"
         self._sm = StateMachine(State.CLOSED, name=name, tracer=tracer)
         self.iss = iss & MASK
         self.irs = 0
@@ -224,6 +236,7 @@ class TCB:
         self._persist_force = False
         self._probe_due = False
         self._ack_now = False
+        self._last_oow_ack = -math.inf  # when the last rate-limited duplicate ACK went out
         self._ctl: list[bytes] = []  # built control packets (RSTs) awaiting poll_transmit
         self._tx_dirty = False
         # Application side.
@@ -240,9 +253,9 @@ class TCB:
         self._nodelay = config.nodelay
         self._keepalive = config.keepalive
         self._keepalive_time = config.keepalive_time
-        self.keepalive_intvl = config.keepalive_intvl
-        self.keepalive_probes = config.keepalive_probes
-        self.user_timeout = config.user_timeout
+        self._keepalive_intvl = config.keepalive_intvl
+        self._keepalive_probes = config.keepalive_probes
+        self._user_timeout = config.user_timeout
         self._last_rcv = now
         self._last_send = now
         self.bytes_sent = 0
@@ -442,9 +455,37 @@ class TCB:
             and not (state is State.FIN_WAIT_2 and self._orphan)
         )
 
+    # -- socket options the timers read (TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT) -----------------
+    @property
+    def keepalive_intvl(self) -> float:
+        return self._keepalive_intvl
+
+    @keepalive_intvl.setter
+    def keepalive_intvl(self, value: float) -> None:
+        self._keepalive_intvl = check_knob("keepalive_intvl", value)  # TCP_KEEPINTVL
+
+    @property
+    def keepalive_probes(self) -> int:
+        return self._keepalive_probes
+
+    @keepalive_probes.setter
+    def keepalive_probes(self, value: int) -> None:
+        self._keepalive_probes = check_knob("keepalive_probes", value)  # TCP_KEEPCNT
+
+    @property
+    def user_timeout(self) -> float:
+        """TCP_USER_TIMEOUT in seconds (RFC 5482); 0 leaves the give-up to the retry counts."""
+        return self._user_timeout
+
+    @user_timeout.setter
+    def user_timeout(self, value: float) -> None:
+        self._user_timeout = check_knob("user_timeout", value)
+
     # -- control segments ---------------------------------------------------------------------------
     def _queue_rst(self, seq: int, ack: int, with_ack: bool) -> None:
         """A RST, built now (it names exact numbers) and sent by the next poll_transmit."""
+        if len(self._ctl) >= MAX_CTL_PACKETS:
+            return
         self._ctl.append(
             build_tcp_ipv4(
                 self.local_addr,
@@ -488,7 +529,3 @@ class TCB:
         if not silent:
             self._notify(events.ConnectionFailed, err)
         self._apply(Event.GIVE_UP, now, errno.errorcode.get(err, str(err)))
-
-
-def _fmt(address: int) -> str:
-    return ".".join(str(address >> shift & 0xFF) for shift in (24, 16, 8, 0))

@@ -31,7 +31,7 @@ from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER
 from .recovery import Phase
 from .sender import Segment
 from .state import Event, State
-from .tcb import MASK, PAWS_IDLE, TCB, ts_clock
+from .tcb import MASK, OOW_ACK_INTERVAL, PAWS_IDLE, TCB, TS_HZ, ts_clock
 from .timers import TimerKind
 
 __all__ = ["InputMixin"]
@@ -146,16 +146,23 @@ class InputMixin(TCB):
         flags = seg.flags
         seq = seg.seq
         n = seg.payload_length
-        if state is State.SYN_RECEIVED and flags & (SYN | ACK | RST) == SYN and seq == self.irs:
-            # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
-            self._syn_pending = 2
-            return
+        if state is State.SYN_RECEIVED and seq == self.irs:
+            syn_flags = flags & (SYN | ACK | RST)
+            if syn_flags == SYN:
+                # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
+                self._syn_pending = 2
+                return
+            if syn_flags == SYN | ACK and not self._passive and seg.ack == self.snd_nxt:
+                # Simultaneous open: the peer's SYN-ACK acknowledges our SYN. RFC 5961 4.2 would
+                # challenge it as a SYN; Linux tcp_validate_incoming lets it complete the handshake.
+                self._syn_acked(seg, seg.window, now)  # a SYN's window is never scaled (RFC 7323 2.2)
+                return
         seglen = n + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         rcv_nxt = rcv.rcv_nxt
-        if self.ts_ok and seg.has_timestamps and not flags & RST and self._paws_reject(seg.ts_val, now):
+        if self.ts_ok and seg.has_timestamps and not flags & RST and self._paws_reject(seg, now):
             # RFC 7323 5.3 R1: an old duplicate by its timestamp; ACK and drop.
             self.mib.PAWSEstab += 1
-            self._ack_now = True
+            self._reply_to_invalid(seg, now, "TCPACKSkippedPAWS")
             return
         # Any segment from the peer shows it is alive (RFC 1122 4.2.3.6: keep-alive idle time; the
         # unanswered-probe count of keep-alive and zero-window probing alike).
@@ -175,6 +182,7 @@ class InputMixin(TCB):
                 # valid ACKs, URGs, and RSTs"; the text is dropped (Linux TCPZeroWindowDrop).
                 drop_text = True
             else:
+                self.mib.TCPInvalidSequence += 1
                 if flags & RST:
                     return
                 if flags & SYN:
@@ -182,7 +190,7 @@ class InputMixin(TCB):
                     return
                 if n and self.sack_ok and self.config.dsack and seq_le(seq_add(seq, n), rcv_nxt):
                     rcv.dsack = (seq, seq_add(seq, n))  # RFC 2883 4: a duplicate, reported once
-                self._ack_now = True  # "send an acknowledgment in reply"
+                self._reply_to_invalid(seg, now, "TCPACKSkippedSeq")  # "send an acknowledgment in reply"
                 return
         if flags & RST:
             if state is State.TIME_WAIT:
@@ -199,25 +207,22 @@ class InputMixin(TCB):
             else:
                 self._syn_challenge(now)  # RFC 5961 4.2: any SYN in a synchronized state
             return
-        if self.ts_ok and seg.has_timestamps:
-            # RFC 7323 4.3 (3) / 5.3 R3: TS.Recent follows segments at or below Last.ACK.sent.
-            recent = self.ts_recent
-            if recent is None or (seq_le(seq, self._last_ack_sent) and seq_diff(seg.ts_val, recent) >= 0):
-                self._set_ts_recent(seg.ts_val, now)
         if not flags & ACK:
             return  # fifth check: "if the ACK bit is off, drop the segment and return"
         if state is State.SYN_RECEIVED:
             if seq_diff(seg.ack, self.iss) != 1:
                 self._queue_rst(seg.ack, 0, False)  # unacceptable ACK: <SEQ=SEG.ACK><CTL=RST>
                 return
-            self._handshake_rtt(seg, now)
-            self.snd_wnd = seg.window << self.snd_wscale
-            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1 = seq
-            self.snd_wl2 = seg.ack
-            self._apply(Event.RCV_ACK_OF_SYN, now)
+            self._syn_acked(seg, seg.window << self.snd_wscale, now)
         if not self._input_ack(seg, now):
             return
+        if self.ts_ok and seg.has_timestamps:
+            # RFC 7323 4.3 (3) / 5.3 R3: TS.Recent follows segments at or below Last.ACK.sent -- only
+            # once the ACK proved acceptable, as Linux tcp_replace_ts_recent: a segment dropped for its
+            # ACK must not move TS.Recent, or a forged TSval would make PAWS reject the real peer.
+            recent = self.ts_recent
+            if recent is None or (seq_le(seq, self._last_ack_sent) and seq_diff(seg.ts_val, recent) >= 0):
+                self._set_ts_recent(seg.ts_val, now)
         state = self._sm.state
         snd = self.snd
         fin_acked_now = False
@@ -241,13 +246,54 @@ class InputMixin(TCB):
         if fin_acked_now:
             self._apply(Event.RCV_ACK_OF_FIN, now)
 
-    def _paws_reject(self, ts_val: int, now: float) -> bool:
-        """RFC 7323 5.3 R1: SEG.TSval < TS.Recent, with TS.Recent still valid (5.5: < 24 days idle)."""
+    def _syn_acked(self, seg: TCPSegment, wnd: int, now: float) -> None:
+        """SYN-RECEIVED: ``seg`` acknowledges our SYN (RFC 9293 3.10.7.4 fifth check) with window ``wnd``."""
+        self._handshake_rtt(seg, now)
+        self.snd_wnd = wnd
+        self.max_snd_wnd = max(self.max_snd_wnd, wnd)
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = seg.ack
+        self._apply(Event.RCV_ACK_OF_SYN, now)
+
+    def _paws_reject(self, seg: TCPSegment, now: float) -> bool:
+        """RFC 7323 5.3 R1: SEG.TSval < TS.Recent, with TS.Recent still valid (5.5: < 24 days idle),
+        except for a reordered duplicate ACK (Linux tcp_disordered_ack)."""
         recent = self.ts_recent
-        if recent is None or seq_diff(ts_val, recent) >= 0:
+        if recent is None:
+            return False
+        behind = seq_diff(recent, seg.ts_val)
+        if behind <= 0:
             return False
         stamp = self.ts_recent_time
-        return stamp is None or now - stamp <= PAWS_IDLE
+        if stamp is not None and now - stamp > PAWS_IDLE:
+            return False
+        return not self._disordered_ack(seg, behind)
+
+    def _disordered_ack(self, seg: TCPSegment, behind: int) -> bool:
+        """Linux tcp_disordered_ack: a pure duplicate ACK at RCV.NXT that would not move the window and
+        whose TSval trails TS.Recent by at most one RTO only lost a race with a newer segment; dropping it
+        would hide a duplicate ACK from fast retransmit."""
+        if seg.flags & (SYN | FIN | RST | ACK) != ACK or seg.payload_length:
+            return False
+        rcv = self.rcv
+        seq = seg.seq
+        if rcv is None or seq != rcv.rcv_nxt or seg.ack != (self.iss + self.snd.una) & MASK:
+            return False
+        wl1 = self.snd_wl1
+        if seq_lt(wl1, seq) or (seq == wl1 and seg.window << self.snd_wscale > self.snd_wnd):
+            return False  # RFC 9293 3.10.7.4: it would update the send window
+        return behind <= self.rtt.rto * TS_HZ
+
+    def _reply_to_invalid(self, seg: TCPSegment, now: float, skipped: str) -> None:
+        """RFC 9293 3.10.7.4 "send an acknowledgment in reply" to an unacceptable segment, at most once
+        per OOW_ACK_INTERVAL for segments without text, as Linux tcp_oow_rate_limited: two ends that
+        disagree about the sequence space would otherwise bounce ACKs at each other forever."""
+        if not seg.payload_length or seg.flags & SYN:
+            if now - self._last_oow_ack < OOW_ACK_INTERVAL:
+                setattr(self.mib, skipped, getattr(self.mib, skipped) + 1)
+                return
+            self._last_oow_ack = now
+        self._ack_now = True
 
     def _syn_challenge(self, now: float) -> None:
         self.mib.TCPSYNChallenge += 1

@@ -47,9 +47,6 @@ class Timers:
             self.kind = None
             self.at = None
 
-    def is_armed(self, kind: TimerKind) -> bool:
-        return self.kind is kind
-
     def deadline(self) -> float | None:
         """The earliest deadline of the two, or None."""
         at, delack = self.at, self.delack_at

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 
+import pytest
+
 from pytcp import events
 from pytcp.state import State
 from tcpcore import ACK
@@ -71,3 +73,16 @@ def test_enabling_on_an_idle_connection_arms_the_timer(tcp):
     assert p.conn.get_timer() == 30.0  # from the last segment received (t=0)
     p.conn.keepalive = False
     assert p.conn.get_timer() is None
+
+
+def test_options_take_the_knob_bounds(tcp):
+    """Per-connection options accept exactly what the matching TCPConfig knob accepts (Linux ranges)."""
+    p = tcp.established()
+    for name, bad in (("keepalive_time", 0), ("keepalive_intvl", 32768), ("keepalive_probes", 128)):
+        with pytest.raises(ValueError, match=name):
+            setattr(p.conn, name, bad)
+    with pytest.raises(ValueError, match="user_timeout"):
+        p.conn.user_timeout = -1
+    p.conn.keepalive_probes = 127
+    p.conn.user_timeout = 30
+    assert (p.conn.keepalive_probes, p.conn.user_timeout) == (127, 30.0)

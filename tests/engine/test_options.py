@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 
+from pytcp.config import TCPConfig
 from pytcp.connection import ChallengeAckLimiter
+from pytcp.stack import Stack
 from tcpcore import ACK, SYN
 
 
@@ -73,3 +75,16 @@ def test_challenge_ack_limiter_budget():
         jittered = ChallengeAckLimiter(10, random.Random(seed))
         budget = sum(jittered.challenge_ack_allowed(1.0) for _ in range(100))
         assert 5 <= budget < 15
+
+
+def test_stack_randomises_the_challenge_ack_budget():
+    """The stack's shared limiter draws each second's budget (Linux, CVE-2016-5696), from its seed."""
+    config = TCPConfig(challenge_ack_limit=10)
+
+    def budget(seed: int) -> int:
+        limiter = Stack(0xC6120002, config, seed=seed)._limiter
+        return sum(limiter.challenge_ack_allowed(1.0) for _ in range(100))
+
+    budgets = [budget(seed) for seed in range(10)]
+    assert len(set(budgets)) > 1 and all(5 <= b < 15 for b in budgets)
+    assert budgets == [budget(seed) for seed in range(10)]  # a seeded stack replays

@@ -81,14 +81,6 @@ def test_new_sample_collapses_the_backoff() -> None:
     assert est.rto == pytest.approx(0.25)
 
 
-def test_reset_forgets_everything() -> None:
-    est = RTTEstimator(rto_initial=2.0)
-    est.sample(0.5)
-    est.backoff()
-    est.reset()
-    assert (est.srtt, est.rttvar, est.rto, est.backoff_count) == (None, 0.0, 2.0, 0)
-
-
 def test_restart_after_syn_timeout() -> None:
     est = RTTEstimator()
     est.backoff()

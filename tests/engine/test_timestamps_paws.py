@@ -91,3 +91,43 @@ def test_stale_echo_after_timeouts_is_no_rtt_sample(tcp):
     p.deliver(ACK, p.irs + 1, p.iss + 2, ts=(700, original.seg.ts_val), t=p.now + 0.02)
     info = p.conn.info()
     assert info.unacked == 0 and info.rtt == pytest.approx(0.01) and info.rto == pytest.approx(1.6)
+
+
+def test_ts_recent_ignores_a_segment_with_an_unacceptable_ack(tcp):
+    """A forged in-window segment with a huge TSval but an ACK of unsent data is dropped (RFC 5961 5.2)
+    and must not move TS.Recent (Linux tcp_replace_ts_recent runs after tcp_ack), or PAWS would reject
+    the genuine peer from then on."""
+    p = ts_established(tcp)
+    p.deliver(ACK, p.irs + 1, p.iss + 5000, ts=(0x7FFF0000, 1010), t=1.1)  # acknowledges unsent data
+    p.drain()
+    p.deliver(ACK, p.irs + 1, p.iss + 1, payload=b"real", ts=(600, 1010), t=1.2)
+    assert p.conn.readable == 4 and p.mib.PAWSEstab == 0
+
+
+def test_reordered_duplicate_ack_passes_paws(tcp):
+    """Linux tcp_disordered_ack: a pure duplicate ACK overtaken by a newer segment is not an old
+    duplicate; PAWS lets it through so fast retransmit still counts it."""
+    p = ts_established(tcp)
+    p.call("send", b"x" * 3000)
+    p.drain()
+    p.deliver(ACK, p.irs + 1, p.iss + 1, ts=(610, 1010), t=1.1)
+    p.deliver(ACK, p.irs + 1, p.iss + 1, ts=(605, 1010), t=1.1)  # sent before the one above
+    assert p.mib.PAWSEstab == 0
+    p.deliver(ACK, p.irs + 1, p.iss + 1, payload=b"d", ts=(605, 1010), t=1.1)  # data: PAWS applies
+    assert p.mib.PAWSEstab == 1
+
+
+def test_replies_to_invalid_segments_are_rate_limited(tcp):
+    """RFC 9293 answers an unacceptable segment with an ACK; Linux tcp_oow_rate_limited sends at most
+    one per 500 ms for segments without text, so two confused ends cannot ping-pong ACKs forever."""
+    p = tcp.established()
+    far = p.irs + 1 + 100_000  # beyond the window
+    p.deliver(ACK, far, p.iss + 1, t=0.1)
+    p.expect(".", seq=p.iss + 1, ack=p.irs + 1)
+    p.deliver(ACK, far, p.iss + 1, t=0.2)
+    p.expect_nothing()
+    p.deliver(ACK, far, p.iss + 1, payload=b"text", t=0.3)  # data is never rate-limited
+    p.expect(".", seq=p.iss + 1, ack=p.irs + 1)
+    p.deliver(ACK, far, p.iss + 1, t=0.7)
+    p.expect(".", seq=p.iss + 1, ack=p.irs + 1)
+    assert p.mib.TCPInvalidSequence == 4 and p.mib.TCPACKSkippedSeq == 1
