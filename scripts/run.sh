@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the main job: build and install the stack into a virtual
-# environment, show the compiled core on a handshake, then run a seeded simulated transfer
-# over a lossy link and print its report.
+# environment, then `pytcp demo` (as root: a private network namespace and TUN device, a kernel
+# client talking to the stack, the exchange drawn segment by segment from handshake to TIME-WAIT),
+# then a seeded simulated transfer over a lossy link with its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -12,5 +13,5 @@ python=${PYTHON:-python3}
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q "$root"
 cd /  # run the installed package, not the checkout
-"$venv/bin/python" -m tcpcore
+"$venv/bin/pytcp" demo
 "$venv/bin/pytcp" sim --seed 7 --loss 0.05 --dup 0.01 --reorder 0.05 --corrupt 0.01 --bytes 2000000
