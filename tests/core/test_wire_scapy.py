@@ -258,7 +258,8 @@ def test_scapy_reads_our_packets(
 @given(
     src=U32,
     dst=U32,
-    protocol=st.integers(0, 255),
+    # IGMP (2) excluded: scapy adds a Router Alert option when it rebuilds an IGMP packet.
+    protocol=st.integers(0, 255).filter(lambda p: p != 2),
     payload=st.binary(max_size=100),
     ttl=st.integers(0, 255),
     dont_fragment=st.booleans(),
@@ -277,5 +278,4 @@ def test_scapy_reads_our_ipv4(
     )
     assert int(packet.flags) == (2 if dont_fragment else 0)
     del packet.chksum
-    rebuilt = raw(IP(raw(packet)))
-    assert rebuilt[:20] == data[:20]
+    assert raw(packet)[:20] == data[:20]
