@@ -60,7 +60,9 @@ class TCPConfig:
     send_buffer: int = _knob(
         262144,
         "Send buffer in bytes: the same ~2 Gbit/s x 1 ms bandwidth-delay product as recv_buffer, so the "
-        "sender can keep a full window in flight. From 2*mss to max_buffer.",
+        "sender can keep a full window in flight. It is the initial size: while the application keeps it "
+        "full it grows to two congestion windows, up to max_buffer (Linux tcp_wmem and tcp_sndbuf_expand), "
+        "unless SO_SNDBUF fixes it. From 2*mss to max_buffer.",
     )
     max_buffer: int = _knob(
         4194304,
@@ -258,6 +260,16 @@ class TCPConfig:
         "per ACK, RFC 2018 3). From 1 to 1024.",
         lo=1,
         hi=1024,
+    )
+    gso_max_size: int = _knob(
+        0,
+        "Largest TCP/IPv4 packet (headers included) handed to a link with segmentation offload, which "
+        "cuts it into MSS-sized segments (Linux sk_gso_max_size, from the device's gso_max_size). 0: the "
+        "link has none and every segment is MSS-sized (the simulator, a TUN device without offloads). "
+        "StackRuntime.open sets 65535, the IPv4 limit TUN's legacy GSO_MAX_SIZE allows, when the device "
+        "has offloads. Up to 65535 (the 16-bit IPv4 total length, RFC 791 3.1).",
+        lo=0,
+        hi=0xFFFF,
     )
 
     def __post_init__(self) -> None:

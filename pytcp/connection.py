@@ -181,7 +181,7 @@ class Connection(InputMixin, OutputMixin):
         if self._wr_shut or state not in _SEND_STATES:
             raise _os_error(ENOTCONN if state is State.CLOSED and not self._wr_shut else EPIPE)
         n = self.snd.write(data)
-        if n < len(data):
+        if n < (data.nbytes if isinstance(data, memoryview) else len(data)):  # bytes, not items
             self._want_writable = True
         if n:
             self._tx_dirty = True
@@ -386,6 +386,7 @@ class Connection(InputMixin, OutputMixin):
 
         if send is not None:
             self.snd.capacity = clamp(send)
+            self.snd.autotune = False  # Linux SOCK_SNDBUF_LOCK
         if recv is not None:
             self._recv_cap = clamp(recv)
             if self.rcv is not None:

@@ -15,9 +15,12 @@ timer, and on every wake-up:
 
 Offloads (TunDevice with ``offload=True``): inbound packets flagged NEEDS_CSUM or DATA_VALID skip checksum
 verification (``Stack.receive(..., checksum_verified=True)``), and inbound TSO super-packets reach the stack
-whole, one 64 KB segment per read. Outbound, a packet longer than the MTU leaves as a GSO super-packet
-that the kernel cuts into MTU-sized segments. The engine builds MSS-sized segments today (``open`` caps
-the MSS at MTU - 40), so that path only serves an engine that coalesces a flight into one packet.
+whole, one 64 KB segment per read. Outbound, ``open`` sets ``TCPConfig.gso_max_size`` from the device
+(Linux sk_gso_max_size), so connections build super-segments of up to 64 KB
+(pytcp.tcp_output.OffloadSegment) with only the pseudo-header sum in their checksum field; each leaves in
+one write with a virtio_net_hdr asking the kernel to cut it into ``gso_size``-byte segments and to
+complete the checksums. One write and one Python pass per 64 KB instead of per MSS is what lets the
+stack send at kernel-like rates (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import math
 import os
 import select
 import socket as _socket
-import struct
 import threading
 import time
 from collections import deque
@@ -40,9 +42,8 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
-from tcpcore import PacketBatch, pseudo_header_sum
+from tcpcore import PacketBatch
 from tcpcore._types import Buffer
-from tcpcore.constants import IPPROTO_TCP
 from tcpcore.errors import MalformedPacket
 
 from .config import TCPConfig
@@ -52,6 +53,7 @@ from .pcap import PcapWriter, open_pcap
 from .socket import Socket
 from .stack import Stack
 from .state import State
+from .tcp_output import OffloadSegment, Packet
 from .tun import TunDevice
 from .vnet import VnetHeader
 
@@ -76,11 +78,12 @@ MAX_PENDING_CALLS = 65536
 GRACEFUL_SHARE = 0.5
 #: IPv4 + TCP headers without options (RFC 791, RFC 9293): the MSS that fits an MTU is MTU - 40.
 TCPIP_HEADERS = 40
+#: Largest GSO packet a TUN device with offloads takes: its gso_max_size is the legacy GSO_MAX_SIZE
+#: (65536), and without BIG TCP an IPv4 packet ends at the 16-bit total length, 65535 bytes.
+TUN_GSO_MAX_SIZE = 0xFFFF
 #: States a connection may be left in when the runtime stops: TIME-WAIT only protects against old
 #: duplicates, which cannot outlive the device that is about to be removed.
 _SETTLED = frozenset({State.CLOSED, State.TIME_WAIT})
-_TCP_CHECKSUM = struct.Struct("!H")
-_TCP_CHECKSUM_OFFSET = 16
 
 
 class RuntimeNotRunning(OSError):
@@ -172,9 +175,12 @@ class StackRuntime:
         pcap: str | os.PathLike[str] | None = None,
         batch_slots: int = BATCH_SLOTS,
     ) -> None:
-        if stack.config.mss + TCPIP_HEADERS > tun.mtu and not tun.offload:
-            # Larger segments could only leave as GSO super-packets, which need the offload header.
-            raise ValueError(f"mss {stack.config.mss} does not fit the {tun.mtu}-byte MTU without offload")
+        config = stack.config
+        if config.mss + TCPIP_HEADERS > tun.mtu:
+            # Larger segments leave as super-segments (gso_max_size), never as oversized plain packets.
+            raise ValueError(f"mss {config.mss} does not fit the {tun.mtu}-byte MTU")
+        if config.gso_max_size and not tun.offload:
+            raise ValueError("gso_max_size needs a device with offloads (the virtio_net_hdr carries GSO)")
         self._tun = tun
         self._stack = stack
         self._mtu = tun.mtu
@@ -185,6 +191,9 @@ class StackRuntime:
         self._wake_lock = threading.RLock()
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
+        self._poller = select.poll()
+        #: Extra fds the loop waits on (add_reader) -> their callbacks.
+        self._readers: dict[int, Callable[[], None]] = {}
         self._waiters: dict[object, Waiter] = {}
         #: Local ports of pytcp.socket sockets bound but not yet listening or connected (loop thread).
         self.bound_ports: set[int] = set()
@@ -216,11 +225,12 @@ class StackRuntime:
         """Create the TUN device (inside ``netns`` if given) and a Stack answering as ``stack_address``.
 
         The announced MSS is capped at ``mtu - 40`` as Linux derives it from the route MTU, so every
-        segment the engine builds fits the device.
+        segment fits the device once cut. With ``offload`` connections send super-segments of up to
+        ``config.gso_max_size`` bytes, or of the device's limit (65535) when that is 0; without, none.
         """
         config = config or TCPConfig()
-        if config.mss > mtu - TCPIP_HEADERS:
-            config = config.replace(mss=mtu - TCPIP_HEADERS)
+        gso_max_size = min(config.gso_max_size or TUN_GSO_MAX_SIZE, TUN_GSO_MAX_SIZE) if offload else 0
+        config = config.replace(mss=min(config.mss, mtu - TCPIP_HEADERS), gso_max_size=gso_max_size)
         stack = Stack(int(ipaddress.IPv4Address(stack_address)), config, seed=seed)
         tun = TunDevice(
             tun_name,
@@ -356,6 +366,19 @@ class StackRuntime:
     def remove_event_listener(self, callback: Callable[[Event], None]) -> None:
         self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
 
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Also wait on ``fd`` and call ``callback()`` on the loop thread while it is readable (an epoll
+        fd gathers many sockets into one; pytcp.forwarder does so). Loop thread only (inside ``call``),
+        or before ``start``. Engine calls made by the callback are sent in the same wake-up; errors are
+        handled as an event listener's."""
+        self._readers[fd] = callback
+        self._poller.register(fd, select.POLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop waiting on ``fd`` (loop thread only, or before ``start``)."""
+        if self._readers.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
     def watch(self, key: object) -> Waiter:
         """The Waiter for a Connection or Listener (loop thread only); created on first use. A
         connection's waiter is forgotten after its Closed event; call ``unwatch`` for listeners."""
@@ -425,7 +448,7 @@ class StackRuntime:
     def _loop(self) -> None:
         tun_fd = self._tun.fileno()
         wake_fd = self._wake_fd
-        poller = select.poll()
+        poller = self._poller
         poller.register(tun_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
         counters = self._counters
@@ -439,9 +462,15 @@ class StackRuntime:
                 if fd == wake_fd:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(wake_fd)
-                else:
+                elif fd == tun_fd:
                     self._receive(now)
                     now = self._now
+                elif (reader := self._readers.get(fd)) is not None:
+                    try:
+                        reader()
+                    except Exception:
+                        counters.callback_errors += 1
+                        logger.exception("runtime reader %r failed", reader)
             self._run_calls()
             done = self._stopping and self._shutdown_step(now)
             stack = self._stack
@@ -522,36 +551,33 @@ class StackRuntime:
             stamp = time.time()
             for packet in packets:
                 self._pcap.write(packet, stamp)
-        mtu = self._mtu
-        if max(map(len, packets)) <= mtu:
-            written = self._tun.write_many(packets)
-        else:
-            written = self._write_mixed(packets)
+        # Without offloads every packet is complete and fits the MTU (the constructor saw to it).
+        written = self._write_offload(packets) if self._tun.offload else self._tun.write_many(packets)
         counters.tx_packets += written
         counters.tx_bytes += sum(map(len, packets[:written]))
         counters.tx_dropped += len(packets) - written
 
-    def _write_mixed(self, packets: list[bytes]) -> int:
-        """Runs of MTU-sized packets in one batch each, super-packets one by one as GSO; stops at EAGAIN."""
-        tun, mtu = self._tun, self._mtu
-        written = 0
-        start = 0
-        for index, packet in enumerate(packets):
-            if len(packet) <= mtu:
-                continue
-            if index > start:
-                done = tun.write_many(packets[start:index])
-                written += done
-                if done < index - start:
-                    return written
-            super_packet, gso_mss = _gso_form(packet, mtu)
-            if not tun.write_many((super_packet,), gso_mss):
-                return written
-            self._counters.tx_gso += 1
-            written += 1
-            start = index + 1
-        if start < len(packets):
-            written += tun.write_many(packets[start:])
+    def _write_offload(self, packets: list[Packet]) -> int:
+        """Runs of alike packets in one batch each: complete ones, and offload segments by gso_size (the
+        device writes one virtio_net_hdr per run); stops at EAGAIN."""
+        tun, counters = self._tun, self._counters
+        written = start = 0
+        count = len(packets)
+        while start < count:
+            gso_size = _gso_size(packets[start])
+            end = start + 1
+            while end < count and _gso_size(packets[end]) == gso_size:
+                end += 1
+            if gso_size < 0:
+                done = tun.write_many(packets[start:end])
+            else:
+                done = tun.write_many(packets[start:end], gso_size, checksum_offload=True)
+                if gso_size:
+                    counters.tx_gso += done
+            written += done
+            if done < end - start:
+                break
+            start = end
         return written
 
     def _dispatch(self) -> None:
@@ -606,15 +632,6 @@ def _run_into(future: Future[T], fn: Callable[..., T], args: tuple[Any, ...]) ->
         future.set_result(result)
 
 
-def _gso_form(packet: bytes, mtu: int) -> tuple[bytearray, int]:
-    """A copy of a TCP/IPv4 super-packet whose checksum field holds the pseudo-header sum, as
-    virtio_net_hdr NEEDS_CSUM requires (the kernel sums the rest), and the payload bytes per segment
-    that make each segment, headers copied, fit the MTU."""
-    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != IPPROTO_TCP:
-        raise ValueError("only TCP/IPv4 packets may exceed the MTU")
-    ip_header_len = (packet[0] & 0x0F) * 4
-    tcp_header_len = (packet[ip_header_len + 12] >> 4) * 4
-    out = bytearray(packet)
-    partial = pseudo_header_sum(packet[12:16], packet[16:20], IPPROTO_TCP, len(packet) - ip_header_len)
-    _TCP_CHECKSUM.pack_into(out, ip_header_len + _TCP_CHECKSUM_OFFSET, partial)
-    return out, mtu - ip_header_len - tcp_header_len
+def _gso_size(packet: Packet) -> int:
+    """An offload segment's gso_size (0: checksum offload only), -1 for a complete packet."""
+    return packet.gso_size if isinstance(packet, OffloadSegment) else -1

@@ -25,15 +25,20 @@ _start = attrgetter("start")
 
 
 class Segment:
-    """One transmitted segment [start, end) in absolute offsets; a FIN occupies the last position."""
+    """One transmitted segment [start, end) in absolute offsets; a FIN occupies the last position.
 
-    __slots__ = ("end", "ever_retrans", "fin", "lost", "retrans", "sacked", "sent_at", "start")
+    A super-segment (segmentation offload) reached the peer as wire segments of ``piece`` data bytes
+    from ``start`` on (Linux tcp_skb_mss); for any other segment ``piece`` is at least its length.
+    """
 
-    def __init__(self, start: int, end: int, fin: bool, sent_at: float) -> None:
+    __slots__ = ("end", "ever_retrans", "fin", "lost", "piece", "retrans", "sacked", "sent_at", "start")
+
+    def __init__(self, start: int, end: int, fin: bool, sent_at: float, piece: int) -> None:
         self.start = start
         self.end = end
         self.fin = fin
         self.sent_at = sent_at
+        self.piece = piece
         self.sacked = False
         # RFC 6675 IsLost() held true (or the RTO fired, or NewReno retransmits it).
         self.lost = False
@@ -55,6 +60,7 @@ class Sender:
     """Send buffer plus retransmission queue and scoreboard."""
 
     __slots__ = (
+        "autotune",
         "buf",
         "capacity",
         "end",
@@ -72,6 +78,8 @@ class Sender:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # The capacity grows with cwnd (expand) until the application fixes it (SO_SNDBUF).
+        self.autotune = True
         self.buf = bytearray()  # bytes [una, end); a FIN is not stored
         self.una = 1  # SND.UNA (0 is the SYN, acknowledged by the time data flows)
         self.nxt = 1  # SND.NXT
@@ -91,17 +99,22 @@ class Sender:
         return max(0, self.capacity - len(self.buf))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue as much of ``data`` as fits; returns the count."""
-        n = min(len(data), self.capacity - len(self.buf))
-        if n <= 0:
-            return 0
-        if n == len(data):
-            self.buf += data
-        else:
-            with memoryview(data) as view:
-                self.buf += view.cast("B")[:n]
+        """Queue as much of ``data`` as fits; returns the byte count (a memoryview of wider items, say of
+        an ``array('I')``, counts its bytes, not its items)."""
+        with memoryview(data) as view, view.cast("B") as octets:
+            n = min(len(octets), self.capacity - len(self.buf))
+            if n <= 0:
+                return 0
+            self.buf += octets if n == len(octets) else octets[:n]
         self.end += n
         return n
+
+    def expand(self, cwnd: int, limit: int) -> None:
+        """Send-buffer autotuning, as Linux tcp_sndbuf_expand: room for two congestion windows (one in
+        flight, one queued behind it), up to ``limit`` (Linux tcp_wmem[2]), so a writer that keeps the
+        buffer full is never what holds the window back. It never shrinks; SO_SNDBUF turns it off."""
+        if self.autotune and 2 * cwnd > self.capacity:
+            self.capacity = max(self.capacity, min(2 * cwnd, limit))
 
     # -- accounting ---------------------------------------------------------------------------------
     @property
@@ -135,13 +148,23 @@ class Sender:
 
     # -- transmission -------------------------------------------------------------------------------
     def next_new(
-        self, mss: int, wnd_end: int, cwnd_space: int, nodelay: bool, max_wnd: int, force: bool = False
+        self,
+        mss: int,
+        wnd_end: int,
+        cwnd_space: int,
+        nodelay: bool,
+        max_wnd: int,
+        force: bool = False,
+        size_goal: int = 0,
     ) -> tuple[int, bool] | None:
         """(length, with FIN) of the next new segment allowed now, or None.
 
         ``wnd_end`` is the peer's right window edge (SND.UNA + SND.WND), ``cwnd_space`` what cwnd leaves
         beside pipe. ``force`` is the persist timer's override (RFC 1122 4.2.3.4 rule 4): it sends what
-        the window allows despite Nagle and silly-window avoidance.
+        the window allows despite Nagle and silly-window avoidance. ``size_goal`` (a multiple of ``mss``)
+        allows a super-segment for a link with segmentation offload, as Linux tcp_write_xmit with TSO:
+        whole MSS-sized pieces as far as window and cwnd allow, plus a partial last piece only at the end
+        of the queued data and only where Nagle would send it on its own (tcp_mss_split_point).
         """
         nxt = self.nxt
         unsent = self.end - nxt
@@ -151,9 +174,17 @@ class Sender:
             if self.fin_queued and unsent == 0 and usable >= 1 and (cwnd_space > 0 or force):
                 return 0, True
             return None
-        n = min(unsent, mss, usable)
-        if n <= 0 or (n > cwnd_space and not force):
+        n = min(unsent, mss if size_goal < mss else size_goal, usable)
+        if n <= 0:
             return None
+        if n > cwnd_space and not force:
+            if cwnd_space < mss:
+                return None
+            n = cwnd_space  # only reachable with a size goal: cut to whole pieces below
+        if n > mss and not force:
+            partial = n % mss
+            if partial and (n < unsent or not (nodelay or self.fin_queued or self.sml_end <= self.una)):
+                n -= partial
         fin = self.fin_queued and n == unsent
         if n < mss and not force:
             if n < unsent:
@@ -168,14 +199,15 @@ class Sender:
         return n, fin and n < usable
 
     def add_segment(self, length: int, fin: bool, now: float, mss: int) -> Segment:
-        """Record a new segment of ``length`` data bytes (plus FIN) sent at ``now``."""
+        """Record a new segment of ``length`` data bytes (plus FIN) sent at ``now`` as wire segments of
+        ``mss`` bytes (one, unless it is a super-segment)."""
         start = self.nxt
         end = start + length + (1 if fin else 0)
-        seg = Segment(start, end, fin, now)
+        seg = Segment(start, end, fin, now, mss)
         self.segs.append(seg)
         self.nxt = end
-        if length < mss:
-            self.sml_end = end
+        if length < mss or length % mss:
+            self.sml_end = end  # it holds a small piece (Linux tcp_minshall_update)
         return seg
 
     def mark_retransmitted(self, seg: Segment, now: float) -> None:
@@ -188,18 +220,25 @@ class Sender:
             self.high_rxt = seg.end
 
     def split(self, seg: Segment, length: int) -> None:
-        """Cut ``seg`` after ``length`` data bytes (a retransmission must fit a smaller MSS)."""
-        i = self.segs.index(seg)
-        tail = Segment(seg.start + length, seg.end, seg.fin, seg.sent_at)
-        for mark in ("sacked", "lost", "retrans", "ever_retrans"):
-            setattr(tail, mark, getattr(seg, mark))
+        """Cut ``seg`` after ``length`` data bytes, as Linux tcp_fragment: a retransmission must fit the
+        MSS, and SACK and loss marks apply to exact ranges of a super-segment. The byte counters stay
+        right: both pieces keep every mark."""
+        segs = self.segs
+        i = bisect_left(segs, seg.start, key=_start)
+        tail = Segment(seg.start + length, seg.end, seg.fin, seg.sent_at, seg.piece)
+        tail.sacked = seg.sacked
+        tail.lost = seg.lost
+        tail.retrans = seg.retrans
+        tail.ever_retrans = seg.ever_retrans
         seg.end = tail.start
         seg.fin = False
-        self.segs.insert(i + 1, tail)
+        segs.insert(i + 1, tail)
 
-    def next_retransmit(self, rule3: bool) -> Segment | None:
+    def next_retransmit(self, rule3: bool, mss: int) -> Segment | None:
         """RFC 6675 NextSeg() rule 1: the first lost, unSACKed segment above HighRxt; with ``rule3`` (no
         new data may go) also its rule 3: the first unSACKed one above HighRxt below the highest SACK.
+        A segment longer than ``mss`` (a super-segment, or the options grew) is split first: what goes
+        again is MSS-sized (Linux tcp_retransmit_skb fragments to the current MSS as well).
 
         Lost segments form a prefix of the unSACKed ones (every marking below keeps it so), so the scan
         from HighRxt stops at the first unSACKed segment not yet retransmitted.
@@ -215,6 +254,8 @@ class Sender:
                 i += 1
                 continue
             if seg.lost or (rule3 and seg.end <= self.high_sacked):
+                if seg.data_end - seg.start > mss:
+                    self.split(seg, mss)
                 return seg
             break
         return None
@@ -235,17 +276,20 @@ class Sender:
         n = len(segs)
         while i < n:
             seg = segs[i]
-            if seg.end > ack:
-                if seg.start < ack:
-                    self._forget(seg, ack - seg.start)
-                    seg.start = ack
+            if seg.start >= ack:
                 break
-            self._forget(seg, seg.end - seg.start)
             if seg.ever_retrans:
                 if rtx_at is None or seg.sent_at > rtx_at:
                     rtx_at = seg.sent_at  # mark_retransmitted keeps the latest transmission here
             elif first_clean is None and not seg.sacked:
                 first_clean = seg.sent_at
+            if seg.end > ack:
+                # Part of a segment (typically of a super-segment the peer received as several): its
+                # acknowledged head times the path as well (Linux tcp_clean_rtx_queue, tcp_tso_acked).
+                self._forget(seg, ack - seg.start)
+                seg.start = ack
+                break
+            self._forget(seg, seg.end - seg.start)
             i += 1
         del segs[:i]
         acked = ack - self.una
@@ -270,15 +314,29 @@ class Sender:
 
     def sack(self, left: int, right: int, newly: list[Segment]) -> None:
         """Mark the segments inside [left, right) SACKed (RFC 2018, RFC 6675 Update()) and append the newly
-        SACKed ones to ``newly``. Segments only partly covered stay unmarked."""
+        SACKed ones to ``newly``. A super-segment the block covers in part is split at the edges of the
+        wire segments it covers whole (Linux tcp_match_skb_to_sack); other partly covered segments
+        stay unmarked. Splitting only at ``piece`` boundaries keeps a peer's odd-sized blocks from
+        cutting the queue into tiny segments."""
         segs = self.segs
         i = bisect_left(segs, left, key=_start)
+        if i and segs[i - 1].end > left:
+            seg = segs[i - 1]  # the block starts inside it: its first whole piece from ``left`` on
+            cut = -(-(left - seg.start) // seg.piece) * seg.piece
+            if not seg.sacked and seg.start + cut < seg.data_end:
+                self.split(seg, cut)
         n = len(segs)
         added = 0
         while i < n:
             seg = segs[i]
             if seg.end > right:
-                break
+                # The whole pieces it covers; all its data when only the FIN lies beyond.
+                data = seg.data_end - seg.start
+                cut = data if right >= seg.data_end else (right - seg.start) // seg.piece * seg.piece
+                if seg.sacked or cut <= 0:
+                    break
+                self.split(seg, cut)
+                n += 1
             if not seg.sacked:
                 size = seg.end - seg.start
                 if seg.lost:
@@ -327,10 +385,13 @@ class Sender:
 
     def mark_head_lost(self) -> Segment | None:
         """Fast retransmit / NewReno partial ACK: the first unacknowledged segment is lost and is to be
-        retransmitted (again, if it was already)."""
+        retransmitted (again, if it was already); of a super-segment only its first wire segment, as
+        Linux tcp_mark_head_lost marks whole packets of a TSO skb."""
         if not self.segs:
             return None
         seg = self.segs[0]
+        if seg.data_end - seg.start > seg.piece:
+            self.split(seg, seg.piece)
         if seg.retrans:
             seg.retrans = False
             self.retrans_bytes -= seg.end - seg.start

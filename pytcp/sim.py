@@ -19,9 +19,11 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
+
+from tcpcore._types import Buffer
 
 from .addresses import dotted
 
@@ -49,7 +51,7 @@ class Endpoint(Protocol):
         """Take one inbound IPv4 packet."""
         ...
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
+    def datagrams_to_send(self, now: float) -> Sequence[Buffer]:
         """Hand out (and forget) every outbound IPv4 packet queued so far."""
         ...
 

@@ -1,13 +1,22 @@
 """Segment output and the timers that cause it: SYN / SYN-ACK, data and retransmissions under the
 receive window, cwnd and pipe, bare and delayed ACKs, probes; retransmission timeout, persist,
 keep-alive, FIN-WAIT-2 and TIME-WAIT expiry.
+
+Segmentation offload (``TCPConfig.gso_max_size`` > 0, set by the runtime for a TUN device with
+offloads): new data leaves in super-segments of up to 64 KB, whole MSS-sized pieces as far as the
+peer's window, cwnd and the send buffer allow, which the link cuts into MSS-sized segments (Linux TSO /
+GSO). The peer then sees ordinary segments; one Python pass and one write per super-segment is what
+makes bulk output fast. The scoreboard keeps one entry per super-segment until SACK, a partial ACK or a
+loss splits it (pytcp.sender), and retransmissions are MSS-sized. Packets for such a link carry only
+the pseudo-header sum in their TCP checksum field: the link completes it (Linux CHECKSUM_PARTIAL).
 """
 
 from __future__ import annotations
 
 from errno import ETIMEDOUT
 
-from tcpcore import ACK, FIN, PSH, SYN, build_tcp_ipv4
+from tcpcore import ACK, FIN, PSH, SYN, build_tcp_ipv4, build_tcp_ipv4_into, tcp_options_length
+from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 
 from .receiver import choose_wscale
 from .recovery import Phase
@@ -16,7 +25,23 @@ from .state import Event, State
 from .tcb import _SYN_STATES, MASK, TCB, ts_clock
 from .timers import TimerKind
 
-__all__ = ["OutputMixin"]
+__all__ = ["OffloadSegment", "OutputMixin", "Packet"]
+
+_HEADERS = IPV4_HEADER_MIN + TCP_HEADER_MIN
+
+
+class OffloadSegment(bytearray):
+    """A TCP/IPv4 packet for a link with offloads: its TCP checksum field holds the pseudo-header sum
+    for the link to complete, and with ``gso_size`` > 0 the link cuts its payload into segments of
+    ``gso_size`` bytes, each with a copy of the headers (virtio_net_hdr NEEDS_CSUM and GSO_TCPV4)."""
+
+    __slots__ = ("gso_size",)
+
+    gso_size: int
+
+
+#: What connections and the stack hand out: complete packets, or offload segments (see above).
+Packet = bytes | OffloadSegment
 
 
 class OutputMixin(TCB):
@@ -32,7 +57,7 @@ class OutputMixin(TCB):
         return self.timers.deadline()
 
     # -- output -------------------------------------------------------------------------------------
-    def poll_transmit(self, now: float, out: list[bytes]) -> None:
+    def poll_transmit(self, now: float, out: list[Packet]) -> None:
         """Append every packet due now to ``out``."""
         ctl = self._ctl
         if ctl:
@@ -57,7 +82,7 @@ class OutputMixin(TCB):
             out.append(self._build(ACK, self.snd_nxt, b"", now))
         self._rearm(now)
 
-    def _send_syn(self, now: float, out: list[bytes]) -> None:
+    def _send_syn(self, now: float, out: list[Packet]) -> None:
         """Our SYN (SYN-SENT) or SYN,ACK (SYN-RECEIVED), with the options we offer (RFC 9293 3.7.1,
         RFC 7323 2.2 and 3.2, RFC 2018 2); SYNs carry no data and an unscaled window."""
         cfg = self.config
@@ -106,10 +131,11 @@ class OutputMixin(TCB):
         if self.timers.kind is not TimerKind.RETRANSMIT:
             self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
 
-    def _send_data(self, now: float, out: list[bytes]) -> None:
+    def _send_data(self, now: float, out: list[Packet]) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1, NewReno and RTO retransmissions), then new data
         (rule 2) under the receive window, cwnd (+ NewReno inflation) minus pipe, Nagle and SWS avoidance,
-        then RFC 6675 rule 3 during SACK recovery. PSH marks the last segment of the burst."""
+        then RFC 6675 rule 3 during SACK recovery. PSH marks the last segment of the burst. With
+        segmentation offload new data goes in super-segments (module docstring)."""
         snd = self.snd
         rec = self.rec
         cc = self.cc
@@ -119,6 +145,8 @@ class OutputMixin(TCB):
         sack_recovery = self.sack_ok and rec.phase is Phase.RECOVERY
         force_rtx = rec.force_rtx  # one retransmission regardless of cwnd, in this run only
         rec.force_rtx = False
+        if self._want_writable:
+            snd.expand(cc.cwnd, self.config.max_buffer)  # the writer waits: Linux tcp_new_space
         if not snd.lost_bytes and snd.nxt == fin_end and not sack_recovery:
             return
         table = self._mss_table
@@ -131,30 +159,42 @@ class OutputMixin(TCB):
         force = self._persist_force
         self._persist_force = False
         mib = self.mib
+        gso_max = self.config.gso_max_size
+        gso_room = 0
+        if gso_max:
+            # Payload room beside the headers of a segment without SACK blocks, bounded as Linux
+            # tcp_xmit_size_goal does by half the largest window the peer offered (tcp_bound_to_half_wnd),
+            # so that one super-segment never takes the whole window and ACKs keep flowing.
+            gso_room = min(
+                gso_max - _HEADERS - tcp_options_length(timestamps=self.ts_ok), self.max_snd_wnd >> 1
+            )
         pending: Segment | None = None
+        pending_mss = base
         while True:
             limit = table[rcv.sack_count(max_blocks)] if max_blocks else base
+            # SACK blocks take room from every piece: whole pieces of ``limit`` bytes (tcp_tso_autosize).
+            size_goal = (gso_room - base + limit) // limit * limit
             pipe = snd.pipe
-            seg = snd.next_retransmit(False) if snd.lost_bytes else None
+            seg = snd.next_retransmit(False, limit) if snd.lost_bytes else None
             rtx = seg is not None
             if seg is not None:
                 if not (force_rtx or pipe + seg.end - seg.start <= cwnd):
                     break  # a lost segment waits for cwnd: nothing new may overtake it
             else:
-                nxt = snd.next_new(limit, wnd_end, cwnd - pipe, self._nodelay, self.max_snd_wnd, force)
+                nxt = snd.next_new(
+                    limit, wnd_end, cwnd - pipe, self._nodelay, self.max_snd_wnd, force, size_goal
+                )
                 if nxt is not None:
                     length, fin = nxt
-                    seg = snd.add_segment(length, fin, now, base)
+                    seg = snd.add_segment(length, fin, now, limit)
                     self.bytes_sent += length
                     force = False
                 elif sack_recovery and cwnd - pipe >= base:
-                    seg = snd.next_retransmit(True)
+                    seg = snd.next_retransmit(True, limit)
                     rtx = seg is not None
             if seg is None:
                 break
             if rtx:
-                if seg.data_end - seg.start > limit:
-                    snd.split(seg, limit)  # the options grew since it was first sent
                 phase = rec.phase
                 if phase is Phase.RECOVERY:
                     mib.TCPFastRetrans += 1
@@ -165,15 +205,17 @@ class OutputMixin(TCB):
                 mib.RetransSegs += 1
                 self.total_retrans += 1
             if pending is not None:
-                out.append(self._segment_packet(pending, 0, now))
+                out.append(self._segment_packet(pending, 0, now, pending_mss))
             pending = seg
+            pending_mss = limit
         if pending is not None:
-            out.append(self._segment_packet(pending, PSH, now))
+            out.append(self._segment_packet(pending, PSH, now, pending_mss))
             self._last_send = now
             if self.timers.kind is not TimerKind.RETRANSMIT:
                 self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.1
 
-    def _segment_packet(self, seg: Segment, psh: int, now: float) -> bytes:
+    def _segment_packet(self, seg: Segment, psh: int, now: float, mss: int) -> Packet:
+        """The packet for ``seg``; ``mss``: the payload each wire segment may carry, should it be longer."""
         start = seg.start
         end = seg.data_end
         flags = ACK | FIN if seg.fin else ACK
@@ -182,31 +224,62 @@ class OutputMixin(TCB):
             return self._build(flags, seq, b"", now)
         view = self.snd.payload(start, end)
         try:
-            return self._build(flags | psh, seq, view, now)
+            return self._build(flags | psh, seq, view, now, mss if end - start > mss else 0)
         finally:
             view.release()  # the send buffer may be resized again
 
-    def _build(self, flags: int, seq: int, payload: bytes | memoryview, now: float) -> bytes:
+    def _build(
+        self, flags: int, seq: int, payload: bytes | memoryview, now: float, gso_size: int = 0
+    ) -> Packet:
         """One segment carrying ACK = RCV.NXT, our window, timestamps and SACK blocks; sending it
-        satisfies any pending or delayed ACK."""
+        satisfies any pending or delayed ACK. For a link with offloads it is an OffloadSegment, cut into
+        ``gso_size``-byte pieces when that is not 0."""
         rcv = self.rcv
         assert rcv is not None
         blocks = rcv.sack_blocks(self._max_sack_blocks) if self._max_sack_blocks else ()
         ack = rcv.rcv_nxt
-        packet = build_tcp_ipv4(
-            self.local_addr,
-            self.remote_addr,
-            self.local_port,
-            self.remote_port,
-            seq,
-            ack,
-            flags,
-            rcv.advertise(),
-            payload,
-            timestamps=(ts_clock(now), self.ts_recent or 0) if self.ts_ok else None,
-            sack_blocks=blocks,
-            ttl=self.config.ttl,
-        )
+        ts = (ts_clock(now), self.ts_recent or 0) if self.ts_ok else None
+        window = rcv.advertise()
+        packet: Packet
+        if self.config.gso_max_size:
+            # Built in place: one copy of the payload and no checksum pass over it.
+            size = (
+                _HEADERS + tcp_options_length(timestamps=self.ts_ok, sack_blocks=len(blocks)) + len(payload)
+            )
+            packet = OffloadSegment(size)
+            packet.gso_size = gso_size
+            build_tcp_ipv4_into(
+                packet,
+                0,
+                self.local_addr,
+                self.remote_addr,
+                self.local_port,
+                self.remote_port,
+                seq,
+                ack,
+                flags,
+                window,
+                payload,
+                timestamps=ts,
+                sack_blocks=blocks,
+                ttl=self.config.ttl,
+                offload_checksum=True,
+            )
+        else:
+            packet = build_tcp_ipv4(
+                self.local_addr,
+                self.remote_addr,
+                self.local_port,
+                self.remote_port,
+                seq,
+                ack,
+                flags,
+                window,
+                payload,
+                timestamps=ts,
+                sack_blocks=blocks,
+                ttl=self.config.ttl,
+            )
         self.mib.OutSegs += 1
         self._ack_now = False
         self.timers.delack_at = None

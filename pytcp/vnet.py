@@ -88,6 +88,11 @@ class VnetHeader:
 
 #: The decoded form of NO_OFFLOAD_HEADER, shared so plain packets decode without allocating.
 NO_OFFLOAD = VnetHeader()
+#: Decoded headers by their fields, so the receive path builds no object per packet: the kernel sends a
+#: handful of shapes (plain, NEEDS_CSUM or DATA_VALID, GSO at one or two sizes and header lengths).
+#: Bounded so a stream of odd headers cannot grow it; 256 is far beyond the shapes of real traffic.
+_DECODED: dict[tuple[int, ...], VnetHeader] = {tuple(_HEADER.unpack(NO_OFFLOAD_HEADER)): NO_OFFLOAD}
+_DECODED_MAX = 256
 
 
 def _pack(flags: int, gso_type: int, hdr_len: int, gso_size: int, csum_start: int, csum_offset: int) -> bytes:
@@ -99,13 +104,19 @@ def _pack(flags: int, gso_type: int, hdr_len: int, gso_size: int, csum_start: in
 
 def decode(buf: Buffer, offset: int = 0) -> VnetHeader:
     """The header at ``buf[offset:offset + 10]``; fewer bytes there raise MalformedPacket."""
-    view = memoryview(buf).cast("B")
-    if offset < 0 or len(view) - offset < HEADER_SIZE:
-        raise MalformedPacket("packet shorter than its 10-byte virtio_net_hdr")
-    raw = view[offset : offset + HEADER_SIZE]
-    if raw == NO_OFFLOAD_HEADER:
-        return NO_OFFLOAD
-    return VnetHeader(*_HEADER.unpack(raw))
+    if offset < 0:
+        raise MalformedPacket("negative virtio_net_hdr offset")
+    try:
+        fields = _HEADER.unpack_from(buf, offset)
+    except struct.error:
+        raise MalformedPacket("packet shorter than its 10-byte virtio_net_hdr") from None
+    header = _DECODED.get(fields)
+    if header is None:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+            _DECODED[tuple(_HEADER.unpack(NO_OFFLOAD_HEADER))] = NO_OFFLOAD
+        header = _DECODED[fields] = VnetHeader(*fields)
+    return header
 
 
 def encode_into(

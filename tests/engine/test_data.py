@@ -90,7 +90,8 @@ def test_text_beyond_the_window_is_trimmed(tcp):
 
 
 def test_send_buffer_bound_and_writable(tcp):
-    p = tcp.established(tcp.PLAIN.replace(send_buffer=4000))
+    p = tcp.established()
+    p.conn.set_buffer_sizes(send=4000)  # SO_SNDBUF: a fixed size, no autotuning
     assert p.call("send", b"w" * 10000) == 4000
     assert p.conn.writable == 0
     assert p.call("send", b"more") == 0

@@ -32,9 +32,9 @@ from pytcp.netns import IpCommandError, NetNamespace, in_namespace, run_ip
 from pytcp.runtime import RuntimeNotRunning, StackRuntime
 from pytcp.stack import Stack
 from pytcp.state import State
-from tcpcore import ACK, PSH, SYN, PacketBatch, build_tcp_ipv4, parse_packet, pseudo_header_sum
+from pytcp.tcp_output import OffloadSegment
+from tcpcore import ACK, PSH, SYN, PacketBatch, build_tcp_ipv4
 from tcpcore._types import Buffer
-from tcpcore.constants import IPPROTO_TCP
 
 KERNEL = "198.18.0.1"
 STACK = "198.18.0.2"
@@ -77,7 +77,7 @@ class FakeDevice:
     def __init__(self) -> None:
         self.inner, self.outer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.inner.setblocking(False)
-        self.written: list[tuple[bytes, int]] = []
+        self.written: list[tuple[bytes, int, bool]] = []
         self.closed = False
 
     def fileno(self) -> int:
@@ -93,7 +93,7 @@ class FakeDevice:
     def write_many(
         self, packets: Sequence[Buffer], gso_mss: int = 0, *, checksum_offload: bool = False
     ) -> int:
-        self.written.extend((bytes(packet), gso_mss) for packet in packets)
+        self.written.extend((bytes(packet), gso_mss, checksum_offload) for packet in packets)
         return len(packets)
 
     def inject(self, packet: bytes, flags: int = 0) -> None:
@@ -175,7 +175,7 @@ def test_loop_feeds_packets_with_offload_flags_and_writes_output(
     assert [r[0] for r in stack.received] == packets
     assert [r[2] for r in stack.received] == [True, True, False]
     assert all(r[3] != threading.get_ident() for r in stack.received), "the stack ran off the loop thread"
-    assert device.written == [(p, 0) for p in packets]
+    assert device.written == [(p, 0, False) for p in packets]
     counters = runtime.counters()["runtime"]
     assert counters["rx_packets"] == 3 and counters["rx_trusted"] == 2
     assert counters["rx_not_ipv4"] == 1 and counters["tx_packets"] == 3
@@ -234,19 +234,42 @@ def test_events_reach_waiters_and_listeners(stubbed: tuple[StackRuntime, FakeDev
     assert runtime.counters()["runtime"]["callback_errors"] == 4
 
 
-def test_super_packets_go_out_as_gso(stubbed: tuple[StackRuntime, FakeDevice, StubStack]) -> None:
+def offload_segment(payload: bytes, gso_size: int) -> OffloadSegment:
+    packet = OffloadSegment(tcp_packet(payload))
+    packet.gso_size = gso_size
+    return packet
+
+
+def test_offload_segments_go_out_with_their_gso_size(
+    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
+) -> None:
+    """Complete packets go out plain; offload segments with checksum offload and, when their gso_size is
+    not 0, as GSO super-packets cut into gso_size pieces."""
     runtime, device, stack = stubbed
     small = tcp_packet(b"s")
-    big = tcp_packet(bytes(4000))  # complete checksum: the runtime must turn it into the pseudo-header sum
-    runtime.call(stack.outbox.extend, [small, big, small]).result(STEP)
-    wait_for(lambda: len(device.written) == 3)
-    assert device.written[0] == (small, 0) and device.written[2] == (small, 0)
-    sent, gso_mss = device.written[1]
-    assert gso_mss == 1500 - 40
-    ip, seg = parse_packet(sent, verify_checksum=False)
-    assert seg is not None and sent[40:] == big[40:] and sent[:36] == big[:36]
-    assert seg.checksum == pseudo_header_sum(ip.src, ip.dst, IPPROTO_TCP, ip.payload_length)
-    assert runtime.counters()["runtime"]["tx_gso"] == 1
+    ack = offload_segment(b"", 0)
+    supers = [offload_segment(bytes(4000), 1000), offload_segment(bytes(3000), 1000)]
+    runtime.call(stack.outbox.extend, [small, *supers, ack, small]).result(STEP)
+    wait_for(lambda: len(device.written) == 5)
+    assert device.written == [
+        (small, 0, False),
+        (bytes(supers[0]), 1000, True),
+        (bytes(supers[1]), 1000, True),
+        (bytes(ack), 0, True),
+        (small, 0, False),
+    ]
+    counters = runtime.counters()["runtime"]
+    assert counters["tx_gso"] == 2 and counters["tx_packets"] == 5
+
+
+def test_runtime_refuses_segments_the_device_cannot_carry() -> None:
+    device = FakeDevice()
+    with pytest.raises(ValueError, match="MTU"):
+        StackRuntime(device, cast(Stack, Stack(1, TCPConfig(mss=1461))))
+    device.offload = False
+    with pytest.raises(ValueError, match="offloads"):
+        StackRuntime(device, cast(Stack, Stack(1, TCPConfig(gso_max_size=0xFFFF))))
+    device.close()
 
 
 def test_stop_lifecycle() -> None:
