@@ -281,6 +281,7 @@ def build_parser() -> _Parser:
     _add_config(subparsers)
     _add_control_client(subparsers, "connections", "list a running `pytcp serve`'s connections, like ss -tan")
     _add_control_client(subparsers, "counters", "show a running `pytcp serve`'s counters, like nstat")
+    _add_forward(subparsers)
     return parser
 
 
@@ -578,3 +579,250 @@ def _print_counters(snapshot: dict[str, dict[str, int]], zeros: bool) -> None:
         for name, value in counters.items():
             if value or zeros:
                 print(f"{name:<32}{value}")
+
+
+# -- forward, flows ------------------------------------------------------------------------------------
+
+
+def _network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 prefix: {text!r} ({exc})") from None
+
+
+def _add_forward(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    p = subparsers.add_parser(
+        "forward",
+        help="relay every TCP flow routed into a TUN device over kernel sockets, directly or via SOCKS5",
+        description="Create a TUN device (in --tun-netns if given, else here) whose stack answers SYNs for "
+        "any address, and relay each flow over a kernel socket made in the current namespace: to its "
+        "original destination (--upstream direct) or through a SOCKS5 proxy. The upstream is connected "
+        "first: a refusal reaches the client as a RST, an unreachable destination or a timeout as ICMP "
+        "unreachable. Route the traffic to forward into the device with --route (or ip route). Prints one "
+        "line when ready; SIGINT or SIGTERM resets the flows, removes the device and exits 0. `pytcp flows` "
+        "and `pytcp counters` read a running forwarder through --control.",
+    )
+    p.add_argument(
+        "--tun", type=_ifname, default="pytcp0", metavar="NAME", help="device name (default pytcp0)"
+    )
+    p.add_argument("--address", type=_ipv4, default=_ipv4("198.18.0.2"), help="the stack's own address")
+    p.add_argument(
+        "--peer-address", type=_ipv4, default=_ipv4("198.18.0.1"), help="the kernel's address on the device"
+    )
+    p.add_argument(
+        "--prefix-length",
+        type=_bounded_int(1, 32),
+        default=15,
+        metavar="N",
+        help="prefix of the device's own addresses (default 15)",
+    )
+    p.add_argument(
+        "--upstream",
+        default="direct",
+        metavar="direct|socks5://[USER:PASS@]ADDR:PORT",
+        help="where flows go (default direct)",
+    )
+    p.add_argument(
+        "--route",
+        dest="routes",
+        type=_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="route this prefix into the device (in --tun-netns); repeatable",
+    )
+    p.add_argument(
+        "--tun-netns",
+        metavar="NAME",
+        help="create the device in this network namespace (ip netns): its applications are forwarded, "
+        "while the upstream sockets stay here, out of the device's routes",
+    )
+    p.add_argument(
+        "--interface", type=_ifname, metavar="IFACE", help="bind upstream sockets to IFACE (SO_BINDTODEVICE)"
+    )
+    p.add_argument(
+        "--mark", type=_bounded_int(0, 0xFFFFFFFF), metavar="N", help="SO_MARK of upstream sockets"
+    )
+    p.add_argument(
+        "--mtu",
+        type=_bounded_int(_MTU_MIN, _MTU_MAX),
+        default=1500,
+        metavar="N",
+        help="device MTU; the announced MSS is MTU - 40 (default 1500)",
+    )
+    p.add_argument(
+        "--no-offload", action="store_true", help="no virtio-net offloads: verify every checksum, no GSO"
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=_bounded_int(1, 2**20),
+        default=None,
+        metavar="N",
+        help="flows at once; SYNs beyond are dropped and retried by the clients (default 1024)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="reset flows idle this long (default 300)",
+    )
+    p.add_argument(
+        "--half-close-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="reset half-closed flows idle this long (default 60)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="upstream connect (and SOCKS5) timeout (default 10)",
+    )
+    p.add_argument(
+        "--no-icmp",
+        action="store_true",
+        help="refuse with a RST only (default: ICMP unreachable for unreachable destinations and timeouts)",
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write every packet on the device to a pcap file")
+    p.add_argument("--config", metavar="FILE", help="TOML file of TCP knobs (see `pytcp config`)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="set one knob, after --config; repeatable",
+    )
+    p.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"control socket for flows/connections/counters (default {_RUN_DIR}/NAME.sock)",
+    )
+    p.set_defaults(run=_run_forward)
+
+    f = subparsers.add_parser(
+        "flows",
+        help="list a running `pytcp forward`'s flows",
+        description="List a running `pytcp forward`'s flows (client, target, state, age, bytes each way), "
+        "read through its control socket.",
+    )
+    f.add_argument(
+        "--control",
+        metavar="PATH",
+        default=f"{_RUN_DIR}/pytcp0.sock",
+        help=f"the forwarder's control socket (default {_RUN_DIR}/pytcp0.sock)",
+    )
+    f.add_argument("--json", action="store_true", help="print the forwarder's JSON answer")
+    f.set_defaults(run=_run_flows)
+
+
+def _run_forward(args: argparse.Namespace) -> int:
+    from .forwarder import Forwarder, parse_upstream
+    from .netns import NETNS_RUN_DIR, IpCommandError, run_ip
+    from .runtime import StackRuntime
+    from .services import ControlServer
+
+    _check_addresses(args)
+    try:
+        proxy = parse_upstream(args.upstream)
+    except ValueError as exc:
+        raise _UsageError(f"--upstream: {exc}") from None
+    if args.tun_netns is not None and not os.path.exists(os.path.join(NETNS_RUN_DIR, args.tun_netns)):
+        raise _UsageError(f"--tun-netns: no network namespace {args.tun_netns!r} (see ip netns list)")
+    config = _load_config(args.config, args.settings)
+    _check_output_file(args.pcap, "--pcap")
+    control = args.control or f"{_RUN_DIR}/{args.tun}.sock"
+
+    try:
+        runtime = StackRuntime.open(
+            args.tun,
+            stack_address=str(args.address),
+            kernel_address=str(args.peer_address),
+            prefix_len=args.prefix_length,
+            mtu=args.mtu,
+            offload=not args.no_offload,
+            config=config,
+            netns=args.tun_netns,
+            pcap=args.pcap,
+        )
+    except (IpCommandError, OSError) as exc:
+        raise _Failure(_reason(exc)) from None
+    limits = {
+        name: getattr(args, name)
+        for name in ("max_sessions", "idle_timeout", "half_close_timeout", "connect_timeout")
+        if getattr(args, name) is not None
+    }
+    forwarder = Forwarder(
+        runtime, proxy, icmp=not args.no_icmp, interface=args.interface, mark=args.mark, **limits
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = ControlServer(
+        runtime,
+        control,
+        {
+            "flows": lambda: forwarder.flows(_STOP_TIMEOUT),
+            "counters": lambda: {**runtime.counters(_STOP_TIMEOUT), "forwarder": forwarder.counters()},
+        },
+    )
+    try:
+        try:
+            for route in args.routes:
+                run_ip("route", "add", str(route), "dev", args.tun, netns=args.tun_netns)
+            runtime.start()
+            forwarder.start()
+            server.start()
+        except (IpCommandError, OSError) as exc:
+            raise _Failure(_reason(exc)) from None
+        routes = ", ".join(map(str, args.routes)) or "none"
+        print(
+            f"ready: forward tun {args.tun} {args.address} <-> {args.peer_address}, "
+            f"upstream {forwarder.upstream}, routes {routes}, control {control}",
+            flush=True,
+        )
+        while not stop.wait(_WATCH_INTERVAL):
+            if not runtime.running:
+                raise _Failure("the runtime stopped unexpectedly (see the log)")
+    finally:
+        server.stop()
+        try:
+            forwarder.stop(_STOP_TIMEOUT)
+            runtime.stop(_STOP_TIMEOUT)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
+
+
+def _run_flows(args: argparse.Namespace) -> int:
+    from .services import control_request
+
+    try:
+        rows = control_request(args.control, "flows")
+    except (OSError, ValueError) as exc:
+        raise _Failure(
+            f"no answer from {args.control}: {_reason(exc)} (is `pytcp forward` running?)"
+        ) from None
+    if not isinstance(rows, list):
+        raise _Failure(f"{args.control} is not a forwarder's control socket: {rows}")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'State':<17}{'Client':<22}{'Target':<22}{'Upstream':<24}{'Age':>9}{'Idle':>9}{'Up':>14}{'Down':>14}"
+    )
+    for row in rows:
+        print(
+            f"{row['state']:<17}{row['local']:<22}{row['remote']:<22}{row['upstream']:<24}"
+            f"{row['age']:>9.1f}{row['idle']:>9.1f}{row['bytes_up']:>14}{row['bytes_down']:>14}"
+        )
+    return 0

@@ -2,7 +2,8 @@
 
 Each event names the connection it concerns. The engine emits all of them except
 :class:`IncomingConnection`, which the stack emits when a passive connection that reached
-ESTABLISHED (announced by :class:`Connected`) is queued on its listener.
+ESTABLISHED (announced by :class:`Connected`) is queued on its listener, and :class:`ConnectRequest`,
+which a promiscuous stack (``Stack.listen_any``) emits for a SYN it holds for the application to answer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Closed",
+    "ConnectRequest",
     "Connected",
     "ConnectionFailed",
     "ConnectionReset",
@@ -87,6 +89,17 @@ class IncomingConnection:
     listener: Any
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """A SYN reached the promiscuous listener (Stack.listen_any) and nothing was answered yet: ``conn`` is
+    the unopened TCB for its 4-tuple (``conn.local_addr`` is the address the peer wants), waiting for
+    ``Stack.accept_request`` or ``Stack.refuse_request``. A Closed event ends it if it expires first."""
+
+    conn: Connection
+    # The stack's InterceptListener; typed loosely as IncomingConnection.listener.
+    listener: Any
+
+
 Event: TypeAlias = (
     Connected
     | DataReadable
@@ -96,4 +109,5 @@ Event: TypeAlias = (
     | ConnectionFailed
     | Closed
     | IncomingConnection
+    | ConnectRequest
 )

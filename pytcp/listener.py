@@ -4,6 +4,9 @@ and the SYN-cookie decision (RFC 4987), shaped after Linux's tcp_conn_request an
 The listener decides and counts; the stack acts on the decision (creates the child TCB, builds the RST
 or the cookie SYN-ACK). Children live in the stack's connection table under their own 4-tuple from the
 first SYN on, so later segments reach them directly; the listener only keeps them in its queues.
+
+:class:`InterceptListener` is the promiscuous variant behind ``Stack.listen_any`` (gVisor's TCP forwarder
+hook): a SYN for any address becomes a pending request that the application accepts or refuses.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import tcpcore
 from tcpcore import ACK, FIN, RST, SYN
 
 from .config import TCPConfig
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
 
     from .connection import Connection
 
-__all__ = ["ListenAction", "Listener"]
+__all__ = ["InterceptListener", "ListenAction", "Listener", "PendingRequest", "Refusal"]
 
 Key = tuple[int, int, int, int]
 
@@ -42,6 +47,40 @@ class ListenAction(enum.Enum):
     SEND_COOKIE = "send cookie"
     #: A genuine cookie ACK: create the child straight into ESTABLISHED (establish_from_cookie).
     COOKIE_ACK = "cookie ack"
+    #: Hold the SYN as a pending request for the application (InterceptListener only).
+    REQUEST = "request"
+
+
+class Refusal(enum.Enum):
+    """How ``Stack.refuse_request`` answers a SYN the application will not take. Linux's tcp_v4_err ends a
+    SYN-SENT connection on any ICMP destination unreachable but "fragmentation needed", so each ICMP
+    choice makes the client's connect() fail at once with the errno in brackets (icmp_err_convert)."""
+
+    #: RST, as a closed port (RFC 9293 3.10.7.1): ECONNREFUSED.
+    RESET = "reset"
+    #: ICMP destination unreachable (RFC 792) code 0, net unreachable: ENETUNREACH.
+    NET_UNREACHABLE = "net unreachable"
+    #: Code 1, host unreachable: EHOSTUNREACH.
+    HOST_UNREACHABLE = "host unreachable"
+    #: Code 3, port unreachable: ECONNREFUSED, as RESET.
+    PORT_UNREACHABLE = "port unreachable"
+    #: Code 13, communication administratively prohibited (RFC 1812 5.2.7.1): EHOSTUNREACH.
+    PROHIBITED = "prohibited"
+    #: Nothing at all: the client's next SYN retransmission asks again (as a full SYN queue).
+    DROP = "drop"
+
+    @property
+    def icmp_code(self) -> int | None:
+        """The Destination Unreachable code this refusal sends, or None (RST or nothing)."""
+        return _ICMP_CODES.get(self)
+
+
+_ICMP_CODES = {
+    Refusal.NET_UNREACHABLE: 0,
+    Refusal.HOST_UNREACHABLE: 1,
+    Refusal.PORT_UNREACHABLE: 3,
+    Refusal.PROHIBITED: 13,
+}
 
 
 class Listener:
@@ -158,25 +197,31 @@ class Listener:
         # discards SYN+FIN here (tcp_rcv_state_process), a combination no real stack sends.
         if not flags & SYN or flags & FIN:
             return ListenAction.DROP, None
-        # Third: a SYN. Linux tcp_conn_request: decide on cookies first, then refuse when the accept
-        # queue is full (a completed connection would have nowhere to go).
+        return self._classify_syn(now, table_full), None
+
+    def _classify_syn(self, now: float, table_full: bool) -> ListenAction:
+        """RFC 9293 3.10.7.2 third check, a SYN. Linux tcp_conn_request: decide on cookies first, then
+        refuse when the accept queue is full (a completed connection would have nowhere to go)."""
         want_cookie = self._config.syncookies == "on"
         if not want_cookie and len(self.syn_queue) >= self.syn_limit:
             if self._config.syncookies == "off":
-                self._mib.TCPReqQFullDrop += 1
-                self._mib.ListenDrops += 1
-                return ListenAction.DROP, None
+                return self._drop_queue_full()
             want_cookie = True
         if self.accept_queue_full():
-            return self._drop_overflow(), None
+            return self._drop_overflow()
         if want_cookie:
             self._mib.SyncookiesSent += 1
             self._cookie_sent_at = now
-            return ListenAction.SEND_COOKIE, None
+            return ListenAction.SEND_COOKIE
         if table_full:
             self._mib.ListenDrops += 1
-            return ListenAction.DROP, None
-        return ListenAction.NEW_CHILD, None
+            return ListenAction.DROP
+        return ListenAction.NEW_CHILD
+
+    def _drop_queue_full(self) -> ListenAction:
+        self._mib.TCPReqQFullDrop += 1
+        self._mib.ListenDrops += 1
+        return ListenAction.DROP
 
     def _cookies_in_use(self, now: float) -> bool:
         if self._config.syncookies == "on":
@@ -223,3 +268,113 @@ class Listener:
         self.syn_queue.clear()
         self.accept_queue.clear()
         return children
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A SYN the promiscuous listener holds unanswered. ``syn`` is that SYN rebuilt with its options (the
+    received packet is not ours to keep): accept_request hands its parsed form to ``accept_syn``, and an
+    ICMP refusal quotes its headers."""
+
+    conn: Connection
+    syn: bytes
+    deadline: float
+
+
+class InterceptListener(Listener):
+    """The listener of ``Stack.listen_any``: every SYN for an address and port that no connection or
+    ordinary listener claims becomes a :class:`PendingRequest`, answered by the application.
+
+    The request table is bounded like a SYN queue: pending requests plus SYN-RECEIVED children never
+    exceed ``syn_limit`` (min(backlog, max_syn_backlog)); beyond it SYNs are dropped (TCPReqQFullDrop)
+    and the clients' retransmissions retry. SYN cookies are never used here: a cookie SYN-ACK answers
+    before the application has decided, the accept-then-reset this mode exists to avoid. A request not
+    answered within ``request_timeout`` expires (InterceptExpired) without a word to the peer.
+    """
+
+    __slots__ = ("request_timeout", "requests")
+
+    def __init__(
+        self,
+        backlog: int,
+        config: TCPConfig,
+        mib: MIB,
+        cookies: SynCookies,
+        now: float,
+        *,
+        request_timeout: float,
+        tracer: Callable[[TransitionRecord], None] | None = None,
+    ) -> None:
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0, got {request_timeout}")
+        # Address and port 0: the wildcard, as ss shows an unbound listener.
+        super().__init__(0, 0, backlog, config, mib, cookies, now, tracer=tracer)
+        #: Pending requests in arrival order, which is deadline order (one timeout for all).
+        self.requests: dict[Key, PendingRequest] = {}
+        self.request_timeout = request_timeout
+
+    def __repr__(self) -> str:
+        return (
+            f"InterceptListener({self.state.value}, requests {len(self.requests)}, syn "
+            f"{len(self.syn_queue)}/{self.syn_limit}, accept {len(self.accept_queue)}/{self.accept_limit})"
+        )
+
+    def _cookies_in_use(self, now: float) -> bool:
+        return False  # see the class docstring: an ACK here is never a cookie ACK, so it is answered RST
+
+    def _classify_syn(self, now: float, table_full: bool) -> ListenAction:
+        if len(self.requests) + len(self.syn_queue) >= self.syn_limit:
+            return self._drop_queue_full()
+        if self.accept_queue_full():
+            return self._drop_overflow()
+        if table_full:
+            self._mib.ListenDrops += 1
+            return ListenAction.DROP
+        return ListenAction.REQUEST
+
+    def add_request(self, key: Key, conn: Connection, syn: TCPSegment, now: float) -> None:
+        local_addr, local_port, remote_addr, remote_port = key
+        packet = tcpcore.build_tcp_ipv4(
+            remote_addr,
+            local_addr,
+            remote_port,
+            local_port,
+            syn.seq,
+            0,
+            SYN,
+            syn.window,
+            mss=syn.mss,
+            wscale=syn.wscale,
+            sack_permitted=syn.sack_permitted,
+            timestamps=(syn.ts_val, syn.ts_ecr) if syn.has_timestamps else None,
+        )
+        self.requests[key] = PendingRequest(conn, packet, now + self.request_timeout)
+        self._mib.InterceptRequests += 1
+
+    def pending_input(self, seg: TCPSegment) -> None:
+        """A segment for a pending request's 4-tuple. Nothing was sent to the peer yet, so only its SYN
+        retransmissions are expected: absorbed, like Linux's request socket without its SYN-ACK resend.
+        Anything else is dropped (an RST or ACK cannot refer to anything we sent)."""
+        if seg.flags & SYN:
+            self._mib.InterceptSynAbsorbed += 1
+
+    def next_expiry(self) -> float | None:
+        oldest = next(iter(self.requests.values()), None)
+        return oldest.deadline if oldest is not None else None
+
+    def expired(self, now: float) -> list[Connection]:
+        """The connections of requests past their deadline, oldest first (the stack ends each)."""
+        out = []
+        for request in self.requests.values():
+            if request.deadline > now:
+                break
+            out.append(request.conn)
+        self._mib.InterceptExpired += len(out)
+        return out
+
+    def child_gone(self, key: Key, conn: Connection) -> None:
+        request = self.requests.get(key)
+        if request is not None and request.conn is conn:
+            del self.requests[key]
+        else:
+            super().child_gone(key, conn)

@@ -23,6 +23,7 @@ class MIB:
     InEchos: int = 0
     OutEchoReps: int = 0
     InDestUnreachs: int = 0
+    OutDestUnreachs: int = 0
     IcmpInErrors: int = 0  # Linux Icmp InErrors: malformed ICMP messages
     OutOfWindowIcmps: int = 0  # Linux TcpExt: errors quoting a segment not in flight (RFC 5927 4.1)
     # TCP (RFC 4022 TCP-MIB)
@@ -70,6 +71,12 @@ class MIB:
     TCPInvalidSequence: int = 0  # unacceptable segments (Linux drop reason TCP_INVALID_SEQUENCE)
     TCPACKSkippedSeq: int = 0
     TCPACKSkippedPAWS: int = 0
+    # Promiscuous listener (Stack.listen_any): SYNs held as requests, and how each request ended
+    InterceptRequests: int = 0
+    InterceptSynAbsorbed: int = 0  # SYN retransmissions of a pending request
+    InterceptAccepted: int = 0
+    InterceptRefused: int = 0
+    InterceptExpired: int = 0
 
     def snapshot(self) -> dict[str, int]:
         """All counters by name, for the API, the CLI and tests."""

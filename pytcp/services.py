@@ -26,7 +26,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -78,7 +78,6 @@ SLOT_POLL = 0.25
 #: A control request is one short line; its answer is written within this many seconds or dropped.
 CONTROL_TIMEOUT = 5.0
 CONTROL_REQUEST_MAX = 64
-CONTROL_COMMANDS = ("connections", "counters")
 
 _PATTERN = random.Random(PATTERN_SEED).randbytes(PATTERN_PERIOD)
 # The pattern repeated to PERIOD + CHUNK bytes: the CHUNK bytes from any offset in the period are one slice.
@@ -387,11 +386,19 @@ def _linger_close(sock: Socket) -> None:
 
 class ControlServer:
     """Answers ``connections`` and ``counters`` with JSON on a UNIX stream socket: one request line per
-    connection, one JSON document back. Requests are served one at a time on the server's own thread."""
+    connection, one JSON document back. Requests are served one at a time on the server's own thread.
+    ``commands`` adds (or overrides) commands: name -> a function of no arguments returning the JSON
+    value (pytcp forward adds ``flows`` and its own counters this way)."""
 
-    def __init__(self, runtime: StackRuntime, path: str) -> None:
-        self._runtime = runtime
+    def __init__(
+        self, runtime: StackRuntime, path: str, commands: Mapping[str, Callable[[], Any]] | None = None
+    ) -> None:
         self.path = path
+        self._commands = {
+            "connections": lambda: runtime.connections_table(CONTROL_TIMEOUT),
+            "counters": lambda: runtime.counters(CONTROL_TIMEOUT),
+            **(commands or {}),
+        }
         self._sock: socket.socket | None = None
         self._inode = 0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -453,13 +460,12 @@ class ControlServer:
         try:
             request = _read_line(client)
             command = request.decode("ascii", "replace").strip()
+            handler = self._commands.get(command)
             reply: Any
-            if command == "connections":
-                reply = self._runtime.connections_table(CONTROL_TIMEOUT)
-            elif command == "counters":
-                reply = self._runtime.counters(CONTROL_TIMEOUT)
+            if handler is not None:
+                reply = handler()
             else:
-                reply = {"error": f"unknown command {command!r}; try one of {', '.join(CONTROL_COMMANDS)}"}
+                reply = {"error": f"unknown command {command!r}; try one of {', '.join(self._commands)}"}
             client.sendall(json.dumps(reply, default=str).encode() + b"\n")
         except (OSError, TimeoutError) as exc:
             logger.debug("control request failed: %s", exc)

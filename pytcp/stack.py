@@ -31,14 +31,15 @@ from tcpcore.constants import IPPROTO_ICMP
 from .addresses import dotted
 from .config import TCPConfig
 from .connection import ChallengeAckLimiter, Connection
-from .events import Closed, Connected, Event, IncomingConnection
-from .icmp import IcmpReply, handle_icmp
+from .events import Closed, Connected, ConnectRequest, Event, IncomingConnection
+from .icmp import DEST_UNREACHABLE, IcmpReply, build_icmp, handle_icmp
 from .isn import IsnGenerator, PortAllocator
-from .listener import ListenAction, Listener
+from .listener import InterceptListener, ListenAction, Listener, PendingRequest, Refusal
 from .mib import MIB
 from .state import State, TransitionRecord
 from .syncookies import SynCookies, encode_timestamp
 from .tcb import DEFAULT_MSS
+from .tcp_output import Packet
 
 __all__ = ["Stack"]
 
@@ -63,6 +64,12 @@ TW_ISN_GAP = 65535 + 2
 #: Linux tcp_twsk_unique: connect() may reuse a TIME-WAIT 4-tuple when the last timestamp from the peer
 #: was recorded at least one second ago (so the peer's PAWS will accept the new incarnation).
 TW_REUSE_AGE = 1.0
+#: How long a promiscuous listener's request may wait for the application: 75 s, the connection-
+#: establishment timer of 4.4BSD (TCPTV_KEEP_INIT), well past any sane upstream connect timeout.
+REQUEST_TIMEOUT = 75.0
+#: An ICMP error quotes the offending datagram's IP header and its first 64 bits of data (RFC 792): for
+#: the SYN a refusal answers, the 20-byte header we rebuilt plus ports and sequence number.
+ICMP_QUOTE = 20 + 8
 
 
 class Stack:
@@ -93,8 +100,9 @@ class Stack:
         self._limiter = ChallengeAckLimiter(self.config.challenge_ack_limit, random.Random(secret))
         self._conns: dict[Key, Connection] = {}
         self._listeners: dict[tuple[int, int], Listener] = {}
-        #: Passive children not yet accepted -> their listener.
+        #: Passive children not yet accepted (and pending requests) -> their listener.
         self._parents: dict[Key, Listener] = {}
+        self._intercept: InterceptListener | None = None
         self._events: deque[Event] = deque(maxlen=EVENTS_PER_CONNECTION * self.config.max_connections)
         self._pending: deque[bytes] = deque()
         # Insertion-ordered (dicts, not sets) so output order never depends on object addresses.
@@ -128,7 +136,7 @@ class Stack:
         except MalformedPacket:
             self._count_malformed(packet)
             return
-        if ip.dst != self._address:
+        if ip.dst != self._address and (seg is None or self._intercept is None):
             mib.InAddrErrors += 1
             return
         if seg is None:
@@ -149,16 +157,16 @@ class Stack:
             if not self._time_wait_takeover(conn, key, seg, now):
                 self._deliver(conn, key, seg, now)
             return
-        listener = self._listeners.get((ip.dst, seg.dst_port))
+        listener = self._listeners.get((ip.dst, seg.dst_port)) or self._interceptor(ip.dst)
         if listener is not None:
             self._listen_input(listener, key, seg, now, iss=None)
             return
         self._reset_closed(key, seg)
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
+    def datagrams_to_send(self, now: float) -> list[Packet]:
         """Every packet due now: the stack's own (RSTs, cookie SYN-ACKs), then each touched connection's."""
         self._now = now
-        out = list(self._pending)
+        out: list[Packet] = list(self._pending)
         self._pending.clear()
         dirty = self._dirty
         while dirty:
@@ -175,12 +183,17 @@ class Stack:
         for conn in self._dirty:
             self._sync_timer(conn)
         heap, armed = self._heap, self._armed
+        due = None
         while heap:
             at, seq, conn = heap[0]
             if armed.get(conn) == (at, seq):
-                return at
+                due = at
+                break
             heapq.heappop(heap)
-        return None
+        intercept = self._intercept
+        if intercept is not None and (expiry := intercept.next_expiry()) is not None:
+            due = expiry if due is None else min(due, expiry)
+        return due
 
     def handle_timer(self, now: float) -> None:
         """Fire every connection timer due at ``now``. A connection that re-arms for ``now`` or earlier
@@ -196,6 +209,9 @@ class Stack:
             del armed[conn]
             self._dirty[conn] = None
             conn.handle_timer(now)
+        if self._intercept is not None:
+            for conn in self._intercept.expired(now):
+                self._emit(Closed(conn))
 
     # -- application API -----------------------------------------------------------------------------
 
@@ -213,6 +229,62 @@ class Stack:
         self._listeners[where] = listener
         return listener
 
+    def listen_any(
+        self, backlog: int = 128, *, request_timeout: float = REQUEST_TIMEOUT
+    ) -> InterceptListener:
+        """Promiscuous mode, a forwarder's hook (gVisor's TCP forwarder): from now on segments for ANY
+        destination address are taken, keyed by their full 4-tuple as usual. A SYN that no connection
+        and no ordinary listener claims (and not for the stack's own address, which keeps closed-port
+        semantics) is not answered: its connection waits in CLOSED and a ConnectRequest event names it,
+        for ``accept_request`` or ``refuse_request``. See InterceptListener for the bounds; one such
+        listener per stack (OSError EADDRINUSE for a second)."""
+        if self._intercept is not None:
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        self._intercept = InterceptListener(
+            backlog,
+            self.config,
+            self.mib,
+            self._cookies,
+            self._now,
+            request_timeout=request_timeout,
+            tracer=self._tracer,
+        )
+        return self._intercept
+
+    def accept_request(self, conn: Connection, now: float) -> None:
+        """Answer a pending request with a SYN-ACK: ``conn`` becomes an ordinary passive child in
+        SYN-RECEIVED (Connected, then IncomingConnection once the handshake completes). ValueError if
+        ``conn`` is no pending request (answered already, or expired: a Closed event said so)."""
+        self._now = now
+        listener, request = self._pending_request(conn)
+        del listener.requests[conn.key]
+        listener.add_child(conn.key, conn)
+        _, syn = tcpcore.parse_packet(request.syn, False)
+        assert syn is not None
+        self.mib.InterceptAccepted += 1
+        conn.accept_syn(syn, now)
+
+    def refuse_request(self, conn: Connection, now: float, refusal: Refusal = Refusal.RESET) -> None:
+        """Answer a pending request with ``refusal`` (a RST, an ICMP unreachable, or nothing) and forget
+        it; a Closed event for ``conn`` follows. ValueError if ``conn`` is no pending request."""
+        self._now = now
+        _, request = self._pending_request(conn)
+        self.mib.InterceptRefused += 1
+        self._emit(Closed(conn))
+        if refusal is Refusal.RESET:
+            _, syn = tcpcore.parse_packet(request.syn, False)
+            assert syn is not None
+            self._reset_closed(conn.key, syn)
+        elif (code := refusal.icmp_code) is not None:
+            # Port unreachable comes from the destination itself, the others from us as the gateway
+            # that could not reach it (RFC 1812 4.3.2.3: a router reports with its own address).
+            source = conn.local_addr if refusal is Refusal.PORT_UNREACHABLE else self._address
+            message = build_icmp(DEST_UNREACHABLE, code, 0, request.syn[:ICMP_QUOTE])
+            if self._enqueue(
+                tcpcore.build_ipv4(source, conn.remote_addr, IPPROTO_ICMP, message, ttl=self.config.ttl)
+            ):
+                self.mib.OutDestUnreachs += 1
+
     def accept(self, listener: Listener) -> Connection | None:
         """The oldest established connection of ``listener``, or None when its accept queue is empty."""
         conn = listener.pop()
@@ -223,9 +295,14 @@ class Stack:
     def close_listener(self, listener: Listener, now: float) -> None:
         """Stop listening; children not yet accepted are reset (Linux inet_csk_listen_stop)."""
         self._now = now
-        if self._listeners.get((listener.local_addr, listener.port)) is not listener:
+        if listener is self._intercept:
+            self._intercept = None
+            for request in list(listener.requests.values()):
+                self._emit(Closed(request.conn))
+        elif self._listeners.get((listener.local_addr, listener.port)) is listener:
+            del self._listeners[(listener.local_addr, listener.port)]
+        else:
             return
-        del self._listeners[(listener.local_addr, listener.port)]
         for child in listener.close(now):
             self._parents.pop(child.key, None)
             child.abort(now)
@@ -279,7 +356,8 @@ class Stack:
         return list(self._conns.values())
 
     def listeners(self) -> list[Listener]:
-        return list(self._listeners.values())
+        """Every open listener, the promiscuous one (listen_any) included."""
+        return [*self._listeners.values(), *((self._intercept,) if self._intercept is not None else ())]
 
     def info(self) -> dict[str, Any]:
         """Stack-wide figures: address, table sizes and every counter."""
@@ -293,11 +371,11 @@ class Stack:
     def table(self) -> list[dict[str, Any]]:
         """One row per listener and connection, like ``ss -tanoi``: state, endpoints and tcp_info."""
         rows: list[dict[str, Any]] = []
-        for listener in self._listeners.values():
+        for listener in self.listeners():
             rows.append(
                 {
                     "state": listener.state.value,
-                    "local": f"{dotted(listener.local_addr)}:{listener.port}",
+                    "local": f"{dotted(listener.local_addr)}:{listener.port}" if listener.port else "*:*",
                     "remote": "*:*",
                     # As ss: for a listener Recv-Q is the accept queue and Send-Q its limit.
                     "recv_q": len(listener.accept_queue),
@@ -306,6 +384,8 @@ class Stack:
                 }
             )
         for (laddr, lport, raddr, rport), conn in self._conns.items():
+            if conn.state is State.CLOSED:
+                continue  # a promiscuous listener's pending request: no TCB has opened yet
             info = conn.info()
             rows.append(
                 {
@@ -403,7 +483,7 @@ class Stack:
         except MalformedPacket:
             mib.InHdrErrors += 1
             return
-        if ip.dst != self._address:
+        if ip.dst != self._address and self._intercept is None:
             mib.InAddrErrors += 1
             return
         mib.InSegs += 1
@@ -416,6 +496,10 @@ class Stack:
 
     def _deliver(self, conn: Connection, key: Key, seg: TCPSegment, now: float) -> None:
         listener = self._parents.get(key)
+        if listener is not None and conn.state is State.CLOSED:
+            assert isinstance(listener, InterceptListener)
+            listener.pending_input(seg)
+            return
         if (
             listener is not None
             and conn.state is State.SYN_RECEIVED
@@ -433,7 +517,7 @@ class Stack:
         then processed by the listener. Returns True when the SYN was taken over."""
         if conn.state is not State.TIME_WAIT or seg.flags & (SYN | ACK | RST) != SYN:
             return False
-        listener = self._listeners.get((key[0], key[1]))
+        listener = self._listeners.get((key[0], key[1])) or self._interceptor(key[0])
         if listener is None:
             return False
         newer = tcpcore.seq_gt(seg.seq, conn.rcv_nxt)
@@ -485,6 +569,12 @@ class Stack:
             self._parents[key] = listener
             listener.add_child(key, conn)
             conn.accept_syn(seg, now)
+        elif action is ListenAction.REQUEST:
+            assert isinstance(listener, InterceptListener)
+            conn = self._new_connection(key, self._isn.isn(*key, now) if iss is None else iss, now)
+            self._parents[key] = listener
+            listener.add_request(key, conn, seg, now)
+            self._push_event(ConnectRequest(conn, listener))
         elif action is ListenAction.SEND_COOKIE:
             self._send_cookie(key, seg, now)
         else:
@@ -530,6 +620,18 @@ class Stack:
         """Queue a TCP segment of the stack's own (RSTs, cookie SYN-ACKs)."""
         if self._enqueue(packet):
             self.mib.OutSegs += 1
+
+    def _interceptor(self, dst: int) -> InterceptListener | None:
+        """The promiscuous listener, for a segment to a foreign address no ordinary listener claims."""
+        return self._intercept if dst != self._address else None
+
+    def _pending_request(self, conn: Connection) -> tuple[InterceptListener, PendingRequest]:
+        listener = self._parents.get(conn.key)
+        if isinstance(listener, InterceptListener):
+            request = listener.requests.get(conn.key)
+            if request is not None and request.conn is conn:
+                return listener, request
+        raise ValueError(f"{conn!r} is not a pending request")
 
     def _reset_closed(self, key: Key, seg: TCPSegment) -> None:
         """RFC 9293 3.10.7.1 (CLOSED), also used for 3.10.7.2's bad ACK in LISTEN."""
