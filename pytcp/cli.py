@@ -11,6 +11,7 @@ line; a handler returns the exit status. Logging is configured here and nowhere 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import logging
@@ -21,12 +22,15 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import ConfigError, TCPConfig
+
+if TYPE_CHECKING:
+    from .runtime import StackRuntime
 
 __all__ = ["build_parser", "main"]
 
@@ -428,8 +432,6 @@ def _check_addresses(args: argparse.Namespace) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .netns import IpCommandError
-    from .runtime import StackRuntime
     from .services import ControlServer, Services
 
     _check_addresses(args)
@@ -441,8 +443,38 @@ def _run_serve(args: argparse.Namespace) -> int:
     _check_output_file(args.pcap, "--pcap")
     control = args.control or f"{_RUN_DIR}/{args.tun}.sock"
 
+    runtime = _open_runtime(args, config)
+    services = Services(runtime)
+    server = ControlServer(runtime, control)
+    with _stop_on_signal() as stop:
+        try:
+            runtime.start()
+            try:
+                server.start()
+                services.start(**ports)
+            except OSError as exc:
+                raise _Failure(_reason(exc)) from None
+            listening = ", ".join(f"{name} {port}" for name, port in ports.items())
+            print(
+                f"ready: tun {args.tun} {args.address} <-> {args.peer_address}, {listening}, "
+                f"control {control}",
+                flush=True,
+            )
+            _watch(runtime, stop)
+        finally:
+            services.stop(_STOP_TIMEOUT)
+            server.stop()
+            runtime.stop(_STOP_TIMEOUT)
+    return 0
+
+
+def _open_runtime(args: argparse.Namespace, config: TCPConfig, netns: str | None = None) -> StackRuntime:
+    """The TUN device and stack that ``serve`` and ``forward`` run, from their shared options."""
+    from .netns import IpCommandError
+    from .runtime import StackRuntime
+
     try:
-        runtime = StackRuntime.open(
+        return StackRuntime.open(
             args.tun,
             stack_address=str(args.address),
             kernel_address=str(args.peer_address),
@@ -450,42 +482,34 @@ def _run_serve(args: argparse.Namespace) -> int:
             mtu=args.mtu,
             offload=not args.no_offload,
             config=config,
+            netns=netns,
             pcap=args.pcap,
         )
     except (IpCommandError, OSError) as exc:
         raise _Failure(_reason(exc)) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """An Event that SIGINT and SIGTERM set while the block runs; the previous handlers come back after."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    services = Services(runtime)
-    server = ControlServer(runtime, control)
     try:
-        runtime.start()
-        try:
-            server.start()
-            services.start(**ports)
-        except OSError as exc:
-            raise _Failure(_reason(exc)) from None
-        listening = ", ".join(f"{name} {port}" for name, port in ports.items())
-        print(
-            f"ready: tun {args.tun} {args.address} <-> {args.peer_address}, {listening}, control {control}",
-            flush=True,
-        )
-        while not stop.wait(_WATCH_INTERVAL):
-            if not runtime.running:
-                raise _Failure("the runtime stopped unexpectedly (see the log)")
+        yield stop
     finally:
-        services.stop(_STOP_TIMEOUT)
-        server.stop()
-        try:
-            runtime.stop(_STOP_TIMEOUT)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(runtime: StackRuntime, stop: threading.Event) -> None:
+    """Serve until signalled; a runtime that dies meanwhile is a failure."""
+    while not stop.wait(_WATCH_INTERVAL):
+        if not runtime.running:
+            raise _Failure("the runtime stopped unexpectedly (see the log)")
 
 
 # -- config --------------------------------------------------------------------------------------------
@@ -724,7 +748,6 @@ def _add_forward(subparsers: argparse._SubParsersAction[_Parser]) -> None:
 def _run_forward(args: argparse.Namespace) -> int:
     from .forwarder import Forwarder, parse_upstream
     from .netns import NETNS_RUN_DIR, IpCommandError, run_ip
-    from .runtime import StackRuntime
     from .services import ControlServer
 
     _check_addresses(args)
@@ -738,20 +761,7 @@ def _run_forward(args: argparse.Namespace) -> int:
     _check_output_file(args.pcap, "--pcap")
     control = args.control or f"{_RUN_DIR}/{args.tun}.sock"
 
-    try:
-        runtime = StackRuntime.open(
-            args.tun,
-            stack_address=str(args.address),
-            kernel_address=str(args.peer_address),
-            prefix_len=args.prefix_length,
-            mtu=args.mtu,
-            offload=not args.no_offload,
-            config=config,
-            netns=args.tun_netns,
-            pcap=args.pcap,
-        )
-    except (IpCommandError, OSError) as exc:
-        raise _Failure(_reason(exc)) from None
+    runtime = _open_runtime(args, config, args.tun_netns)
     limits = {
         name: getattr(args, name)
         for name in ("max_sessions", "idle_timeout", "half_close_timeout", "connect_timeout")
@@ -760,12 +770,6 @@ def _run_forward(args: argparse.Namespace) -> int:
     forwarder = Forwarder(
         runtime, proxy, icmp=not args.no_icmp, interface=args.interface, mark=args.mark, **limits
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = ControlServer(
         runtime,
         control,
@@ -774,32 +778,29 @@ def _run_forward(args: argparse.Namespace) -> int:
             "counters": lambda: {**runtime.counters(_STOP_TIMEOUT), "forwarder": forwarder.counters()},
         },
     )
-    try:
+    with _stop_on_signal() as stop:
         try:
-            for route in args.routes:
-                run_ip("route", "add", str(route), "dev", args.tun, netns=args.tun_netns)
-            runtime.start()
-            forwarder.start()
-            server.start()
-        except (IpCommandError, OSError) as exc:
-            raise _Failure(_reason(exc)) from None
-        routes = ", ".join(map(str, args.routes)) or "none"
-        print(
-            f"ready: forward tun {args.tun} {args.address} <-> {args.peer_address}, "
-            f"upstream {forwarder.upstream}, routes {routes}, control {control}",
-            flush=True,
-        )
-        while not stop.wait(_WATCH_INTERVAL):
-            if not runtime.running:
-                raise _Failure("the runtime stopped unexpectedly (see the log)")
-    finally:
-        server.stop()
-        try:
-            forwarder.stop(_STOP_TIMEOUT)
-            runtime.stop(_STOP_TIMEOUT)
+            try:
+                for route in args.routes:
+                    run_ip("route", "add", str(route), "dev", args.tun, netns=args.tun_netns)
+                runtime.start()
+                forwarder.start()
+                server.start()
+            except (IpCommandError, OSError) as exc:
+                raise _Failure(_reason(exc)) from None
+            routes = ", ".join(map(str, args.routes)) or "none"
+            print(
+                f"ready: forward tun {args.tun} {args.address} <-> {args.peer_address}, "
+                f"upstream {forwarder.upstream}, routes {routes}, control {control}",
+                flush=True,
+            )
+            _watch(runtime, stop)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            server.stop()
+            try:
+                forwarder.stop(_STOP_TIMEOUT)
+            finally:
+                runtime.stop(_STOP_TIMEOUT)
     return 0
 
 

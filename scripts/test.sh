@@ -20,6 +20,7 @@ command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v iptables >/dev/null || need_apt+=(iptables)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v ethtool >/dev/null || need_apt+=(ethtool)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
