@@ -54,8 +54,10 @@ class TCPConfig:
     recv_buffer: int = _knob(
         262144,
         "Receive buffer in bytes; it bounds the advertised window. 256 KiB holds the bandwidth-delay product "
-        "of ~2 Gbit/s at 1 ms RTT (2e9 / 8 * 1e-3 = 250 kB): LAN and same-host paths run at full speed "
-        "(Linux tcp_rmem starts at 128 KiB and autotunes; this engine does not). From 2*mss to max_buffer.",
+        "of ~2 Gbit/s at 1 ms RTT (2e9 / 8 * 1e-3 = 250 kB): LAN and same-host paths start at full speed. "
+        "It is the initial size: while the application reads more per RTT than before, it grows to about "
+        "twice what is read per RTT, up to max_buffer (Linux tcp_rmem and tcp_rcv_space_adjust), unless "
+        "SO_RCVBUF fixes it. From 2*mss to max_buffer.",
     )
     send_buffer: int = _knob(
         262144,
@@ -66,9 +68,10 @@ class TCPConfig:
     )
     max_buffer: int = _knob(
         4194304,
-        "Upper bound for the buffers and for SO_RCVBUF/SO_SNDBUF values: 4 MiB, Linux's tcp_wmem maximum; "
-        "it caps the memory one connection can pin. At most 65535 << 14, the largest scaled window "
-        "(RFC 7323 2.3).",
+        "Upper bound for the buffers, their autotuning and SO_RCVBUF/SO_SNDBUF values: 4 MiB, Linux's "
+        "tcp_wmem maximum; it caps the memory one connection can pin, and the window scale of our SYN is "
+        "derived from it so a buffer of this size can be advertised. At most 65535 << 14, the largest "
+        "scaled window (RFC 7323 2.3).",
         lo=2 * 88,
         hi=_MAX_WINDOW,
     )

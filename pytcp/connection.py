@@ -224,8 +224,13 @@ class Connection(InputMixin, OutputMixin):
     def _after_read(self, now: float) -> None:
         rcv = self.rcv
         assert rcv is not None
-        if rcv.capacity != self._recv_cap:
-            rcv.resize(self._recv_cap)
+        if self._rcvbuf_lock:
+            if rcv.capacity != self._recv_cap:
+                rcv.resize(self._recv_cap)  # SO_RCVBUF waits for an empty buffer
+        elif rcv.space_adjust(now, rcv.rtt or self.rtt.srtt or 0.0, self.config.max_buffer):
+            # Autotuning grew the buffer. Without the receiver's RTT estimate from timestamps, the
+            # sender side's (at least the handshake's sample) stands in for it.
+            self._recv_cap = rcv.capacity
         if self._sm.state in _READ_STATES and rcv.window_update_due():
             # The window reopened (from zero or from a small value): tell the peer (RFC 9293 3.8.6.2.2).
             self._ack_now = True
@@ -375,8 +380,10 @@ class Connection(InputMixin, OutputMixin):
 
     @_app_call
     def set_buffer_sizes(self, recv: int | None = None, send: int | None = None) -> None:
-        """SO_RCVBUF / SO_SNDBUF, clamped to [2*mss, max_buffer]. A new receive size applies once the
-        receive buffer is empty; the window scale stays what the handshake chose."""
+        """SO_RCVBUF / SO_SNDBUF, clamped to [2*mss, max_buffer]; each fixes its buffer's size, which
+        autotuning no longer changes (Linux SOCK_RCVBUF_LOCK / SOCK_SNDBUF_LOCK). A new receive size
+        applies once the receive buffer is empty; the window scale stays what the handshake chose (it
+        was derived from max_buffer, so any size can be advertised)."""
         cfg = self.config
 
         def clamp(value: int) -> int:
@@ -389,6 +396,7 @@ class Connection(InputMixin, OutputMixin):
             self.snd.autotune = False  # Linux SOCK_SNDBUF_LOCK
         if recv is not None:
             self._recv_cap = clamp(recv)
+            self._rcvbuf_lock = True
             if self.rcv is not None:
                 self.rcv.resize(self._recv_cap)
 

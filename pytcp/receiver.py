@@ -2,10 +2,14 @@
 the delayed-ACK decision and the SACK / D-SACK blocks our ACKs carry.
 
 The reassembly ring is allocated when the first byte of data arrives, so an idle or a pure-sender
-connection costs no receive buffer.
+connection costs no receive buffer. It grows with the application's reading rate (receive-buffer
+autotuning, Linux tcp_rcv_space_adjust, from Dynamic Right-Sizing): a connection whose reader keeps up
+gets a window of about two RTTs of what it reads, one whose reader lags keeps its initial size.
 """
 
 from __future__ import annotations
+
+import math
 
 from tcpcore import Reassembler, TooManyHoles, seq_add, seq_diff, seq_lt
 
@@ -20,6 +24,15 @@ OUT_OF_ORDER = 2  # data above RCV.NXT was queued, or it filled a hole: ACK at o
 DUPLICATE = 4  # data we already had arrived again: ACK at once, with D-SACK if enabled
 DROPPED = 8  # the reassembly buffer would need too many holes (TooManyHoles)
 FIN_NOW = 16  # the peer's FIN was consumed by this segment
+
+#: Linux TCP_INIT_CWND: the reading rate autotuning starts from is ten segments per RTT, the peer's
+#: initial window (RFC 6928), as Linux tcp_init_buffer_space.
+INIT_SPACE_SEGMENTS = 10
+#: Linux tcp_rcv_space_adjust's cushion above twice the bytes read per RTT, in segments.
+SPACE_CUSHION_SEGMENTS = 16
+#: When the first autotuning measurement began: at the SYN, at least one RTT before anything can be read
+#: (one shared float, so an idle connection does not hold its own).
+_AT_SYN = -math.inf
 
 
 def choose_wscale(max_buffer: int) -> int:
@@ -38,6 +51,9 @@ class Receiver:
         "_capacity",
         "_nxt",
         "_reasm",
+        "_space",
+        "_space_seq",
+        "_space_time",
         "adv_right",
         "dsack",
         "fin_done",
@@ -45,6 +61,8 @@ class Receiver:
         "max_mss",
         "max_ranges",
         "rcv_mss",
+        "rtt",
+        "rtt_tsecr",
         "unacked",
         "wscale",
     )
@@ -64,6 +82,15 @@ class Receiver:
         # Largest segment the peer sends (Linux icsk_ack.rcv_mss): what "full-sized" means below.
         self.rcv_mss = min(536, max_mss)
         self.unacked = 0  # data bytes received since our last ACK
+        # Receiver RTT estimate in seconds, 0.0 before the first sample (Linux rcv_rtt_est), and the
+        # last TSecr sampled (Linux rcv_rtt_last_tsecr: one sample per echoed TSval).
+        self.rtt = 0.0
+        self.rtt_tsecr = -1
+        # Autotuning (Linux rcvq_space): bytes read in the last measured RTT, and where (the first
+        # unread sequence number) and when the current measurement began.
+        self._space = min(capacity, INIT_SPACE_SEGMENTS * max_mss)
+        self._space_seq = self._nxt
+        self._space_time = _AT_SYN
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -165,6 +192,14 @@ class Receiver:
                 self.dsack = (lo, hi)
                 return
 
+    def rtt_sample(self, rtt: float) -> None:
+        """A receiver RTT sample (from timestamps) moves the estimate by 1/8 of the difference, as Linux
+        tcp_rcv_rtt_update. Linux also takes the time to receive one window as an upper bound
+        (tcp_rcv_rtt_measure, from DRS); that grossly overestimates when the sender is not window-limited
+        (its own comment), so the sender side's RTT stands in without timestamps (Connection)."""
+        cur = self.rtt
+        self.rtt = cur + (rtt - cur) / 8 if cur else rtt
+
     def ack_decision(self, result: int, quickack_segments: int) -> bool:
         """Whether the ACK for this segment must go now rather than after the delayed-ACK timeout:
         RFC 5681 4.2 / RFC 9293 3.8.6.3 for out-of-order, gap-filling and duplicate data and for every
@@ -247,6 +282,37 @@ class Receiver:
     def read_into(self, buffer: bytearray | memoryview) -> int:
         reasm = self._reasm
         return reasm.read_into(buffer) if reasm is not None else 0
+
+    def space_adjust(self, now: float, rtt: float, limit: int) -> bool:
+        """After the application read (Linux tcp_rcv_space_adjust): once per RTT, compare the bytes read
+        in it with the previous RTT's and, if more, grow the buffer to twice that plus a cushion, plus
+        twice the relative increase to follow a sender still in slow start (the ACKs we send now open
+        the window for the next RTT, not this one), at most ``limit``. Returns whether it grew."""
+        if rtt <= 0.0 or now - self._space_time < rtt:
+            return False
+        reasm = self._reasm
+        unread = reasm.readable if reasm is not None else 0
+        copied_seq = seq_add(self.data_nxt, -unread)
+        copied = seq_diff(copied_seq, self._space_seq)
+        self._space_seq = copied_seq
+        self._space_time = now
+        space = self._space
+        if copied <= space:
+            return False
+        self._space = copied
+        window = 2 * copied + SPACE_CUSHION_SEGMENTS * self.max_mss
+        window += 2 * window * (copied - space) // space
+        return self.grow(min(window, limit))
+
+    def grow(self, capacity: int) -> bool:
+        """Enlarge the buffer (the ring keeps its contents); never shrinks. Returns whether it grew."""
+        if capacity <= self._capacity:
+            return False
+        self._capacity = capacity
+        reasm = self._reasm
+        if reasm is not None:
+            reasm.grow(capacity + self._slack)
+        return True
 
     def resize(self, capacity: int) -> bool:
         """Take a new buffer size if nothing is buffered (the ring is rebuilt lazily); else False."""

@@ -120,6 +120,7 @@ class TCB:
         "_persist_force",
         "_probe_due",
         "_probes",
+        "_rcvbuf_lock",
         "_rd_shut",
         "_readable_notified",
         "_recv_cap",
@@ -199,6 +200,7 @@ class TCB:
         self.irs = 0
         self.snd = Sender(config.send_buffer)
         self._recv_cap = config.recv_buffer
+        self._rcvbuf_lock = False  # SO_RCVBUF fixed the size: no autotuning (Linux SOCK_RCVBUF_LOCK)
         self.rcv: Receiver | None = None  # from the peer's SYN on
         self.rec: Recovery | None = None  # from ESTABLISHED on
         self.cc: CongestionControl | None = None  # from ESTABLISHED on

@@ -489,6 +489,17 @@ class InputMixin(TCB):
             self.mib.TCPLostRetransmit += 1
         return size, first
 
+    def _rcv_rtt_ts(self, ts_ecr: int, now: float) -> None:
+        """A receiver RTT sample from a full-sized segment's TSecr, the TSval of the ACK that let the peer
+        send it (Linux tcp_rcv_rtt_measure_ts, once per TSecr). Less than one clock tick says nothing
+        about the RTT and is skipped, as Linux does (tcp_rtt_tsopt_us with no minimum)."""
+        rcv = self.rcv
+        assert rcv is not None
+        rcv.rtt_tsecr = ts_ecr
+        ticks = (ts_clock(now) - ts_ecr) & MASK
+        if 0 < ticks < _TS_HALF:
+            rcv.rtt_sample(ticks / TS_HZ)
+
     # -- text and FIN -------------------------------------------------------------------------------
     def _input_text(self, seg: TCPSegment, seq: int, fin_acked_now: bool, now: float) -> None:
         """RFC 9293 3.10.7.4 seventh (text) and eighth (FIN) checks, then the ACK decision."""
@@ -502,6 +513,8 @@ class InputMixin(TCB):
             self._reset_peer()
             self._apply(Event.APP_ABORT, now, "data after close")
             return
+        if n >= rcv.rcv_mss and self.ts_ok and seg.has_timestamps and seg.ts_ecr != rcv.rtt_tsecr:
+            self._rcv_rtt_ts(seg.ts_ecr, now)
         before = rcv.data_nxt
         result = rcv.on_segment(seq, seg.payload, bool(seg.flags & FIN), self.sack_ok and self.config.dsack)
         mib = self.mib

@@ -18,7 +18,7 @@ from libc.string cimport memcpy, memmove
 
 from tcpcore._seqarith cimport seq_sub
 
-from tcpcore._reassembly_py import DEFAULT_MAX_RANGES, DEFAULT_SACK_BLOCKS, checked_config
+from tcpcore._reassembly_py import DEFAULT_MAX_RANGES, DEFAULT_SACK_BLOCKS, MAX_CAPACITY, checked_config
 from tcpcore.errors import TooManyHoles
 
 __all__ = ["Reassembler"]
@@ -174,6 +174,26 @@ cdef class Reassembler:
             return self._write(seq, <const uint8_t *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+
+    def grow(self, Py_ssize_t capacity):
+        """Enlarge the ring to ``capacity`` bytes (receive-buffer autotuning); the window grows by the
+        difference. Unread bytes and out-of-order ranges keep their offsets from RCV.NXT; only the span
+        they occupy is copied. A ring never shrinks: a smaller capacity raises ValueError."""
+        cdef Py_ssize_t used
+        cdef uint8_t *buf
+        if not self._capacity <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity {capacity} outside {self._capacity}..{MAX_CAPACITY}")
+        if capacity == self._capacity:
+            return
+        buf = <uint8_t *>malloc(<size_t>capacity)
+        if buf == NULL:
+            raise MemoryError()
+        used = self._readable + (self._ranges[self._count - 1].end if self._count else 0)
+        self._copy_out(buf, used)
+        free(self._buf)
+        self._buf = buf
+        self._head = 0
+        self._capacity = capacity
 
     cdef inline Py_ssize_t _take(self, Py_ssize_t max_bytes) noexcept:
         return self._readable if max_bytes < 0 or max_bytes > self._readable else max_bytes

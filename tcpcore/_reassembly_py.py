@@ -167,6 +167,22 @@ class Reassembler:
         ranges[lo:hi] = [[off, end, self._counter]]
         return 0
 
+    def grow(self, capacity: int) -> None:
+        """Enlarge the ring to ``capacity`` bytes (receive-buffer autotuning); the window grows by the
+        difference. Unread bytes and out-of-order ranges keep their offsets from RCV.NXT; only the span
+        they occupy is copied. A ring never shrinks: a smaller capacity raises ValueError."""
+        capacity = operator.index(capacity)
+        if not self._capacity <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity {capacity} outside {self._capacity}..{MAX_CAPACITY}")
+        if capacity == self._capacity:
+            return
+        used = self._readable + (self._ranges[-1][1] if self._ranges else 0)
+        buf = memoryview(bytearray(capacity))
+        self._copy_out(buf[:used])
+        self._buf = buf
+        self._head = 0
+        self._capacity = capacity
+
     def _take(self, max_bytes: int) -> int:
         return self._readable if max_bytes < 0 else min(max_bytes, self._readable)
 
