@@ -29,7 +29,7 @@ from typing import Self
 
 import pytun  # type: ignore[import-not-found]  # python-pytun ships no stubs
 
-from tcpcore import PacketBatch, write_packets
+from tcpcore import PacketBatch, write_packets, write_vnet_packets
 from tcpcore._types import Buffer
 from tcpcore.constants import IPPROTO_TCP
 from tcpcore.errors import MalformedPacket
@@ -212,14 +212,8 @@ class TunDevice:
         headers = [self._header(view, gso_mss, checksum_offload) for view in views]
         if not self.offload:
             return write_packets(self._fd, views)
-        written = 0
-        try:
-            for header, view in zip(headers, views, strict=True):
-                os.writev(self._fd, (header, view))
-                written += 1
-        except BlockingIOError:
-            pass
-        return written
+        # One writev per packet (header and packet, no copy joining them), the GIL released once.
+        return write_vnet_packets(self._fd, headers, views)
 
     # -- lifetime --------------------------------------------------------------------------------
 

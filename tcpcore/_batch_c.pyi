@@ -6,7 +6,7 @@ from typing_extensions import disjoint_base
 
 from ._types import Buffer
 
-__all__ = ["PacketBatch", "write_packets"]
+__all__ = ["PacketBatch", "write_packets", "write_vnet_packets"]
 
 DEFAULT_SLOTS: int
 DEFAULT_SLOT_SIZE: int
@@ -30,3 +30,4 @@ class PacketBatch:
     def clear(self) -> None: ...
 
 def write_packets(fd: int, packets: Sequence[Buffer]) -> int: ...
+def write_vnet_packets(fd: int, headers: Sequence[Buffer], packets: Sequence[Buffer]) -> int: ...

@@ -7,11 +7,13 @@ ready packet into preallocated slots without allocating per packet.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter
+from typing import TypeVar
 
 from ._types import Buffer
 
-__all__ = ["PacketBatch", "write_packets"]
+__all__ = ["PacketBatch", "write_packets", "write_vnet_packets"]
 
 #: 64 matches Linux's NAPI poll weight: one wake-up handles at most 64 packets before the event
 #: loop gets back to timers and other fds; 64 full slots are about 4 MB, the memory bound per batch.
@@ -20,6 +22,8 @@ DEFAULT_SLOTS = 64
 #: virtio_net_hdr (and a 4-byte tun_pi without IFF_NO_PI); 64 bytes of headroom cover both and keep
 #: every slot offset a multiple of the 64-byte cache line.
 DEFAULT_SLOT_SIZE = 65536 + 64
+_NBYTES = attrgetter("nbytes")
+T = TypeVar("T")
 
 
 class PacketBatch:
@@ -104,21 +108,48 @@ class PacketBatch:
 
 
 def write_packets(fd: int, packets: Sequence[Buffer]) -> int:
-    """Write each packet with one ``write()``; stop at EAGAIN (or a short write, which TUN and
+    """Write each packet with one system call; stop at EAGAIN (or a short write, which TUN and
     datagram fds never do) and return how many were written completely.
 
     Every buffer is acquired before the first write, so a non-buffer item writes nothing.
     Any other OSError propagates with ``packets_written`` set to the count written before it.
     """
-    views = [memoryview(packet) for packet in packets]
+    return _write_each(fd, _views(packets), os.write, _NBYTES)
+
+
+def write_vnet_packets(fd: int, headers: Sequence[Buffer], packets: Sequence[Buffer]) -> int:
+    """``write_packets`` with ``headers[i]`` (a virtio_net_hdr) before ``packets[i]``: one ``writev()``
+    of the two buffers per packet, so header and packet are never copied together. ValueError unless
+    there is one header per packet.
+    """
+    header_views, packet_views = _views(headers), _views(packets)
+    if len(header_views) != len(packet_views):
+        raise ValueError(f"{len(header_views)} headers for {len(packet_views)} packets")
+    rows = list(zip(header_views, packet_views, strict=True))
+    return _write_each(fd, rows, os.writev, _row_nbytes)
+
+
+def _views(buffers: Iterable[Buffer]) -> list[memoryview]:
+    """A view of every buffer, all taken before anything is written."""
+    views = [memoryview(buffer) for buffer in buffers]
     for view in views:
         if not view.c_contiguous:
             # The message the compiled module's PyBUF_SIMPLE request raises.
             raise BufferError("memoryview: underlying buffer is not C-contiguous")
+    return views
+
+
+def _row_nbytes(row: tuple[memoryview, ...]) -> int:
+    return sum(map(_NBYTES, row))
+
+
+def _write_each(fd: int, items: list[T], write: Callable[[int, T], int], size: Callable[[T], int]) -> int:
+    """``write(fd, item)`` for each item (os.write of a view, os.writev of a row of views); stops at
+    EAGAIN or a short write."""
     written = 0
     try:
-        for view in views:
-            if os.write(fd, view) != view.nbytes:
+        for item in items:
+            if write(fd, item) != size(item):
                 break
             written += 1
     except BlockingIOError:

@@ -214,10 +214,11 @@ def test_bad_fds_raise_ebadf(core: SimpleNamespace) -> None:
             batch.read_from(fd)
         assert info.value.errno == errno.EBADF
         assert batch.count == 0
-        with pytest.raises(OSError) as info:
-            core.write_packets(fd, [b"x"])
-        assert info.value.errno == errno.EBADF
-        assert info.value.packets_written == 0  # type: ignore[attr-defined]
+        for write in (_plain, _vnet):
+            with pytest.raises(OSError) as info:
+                write(core, fd, [b"x"])
+            assert info.value.errno == errno.EBADF
+            assert info.value.packets_written == 0  # type: ignore[attr-defined]
 
 
 def test_read_error_keeps_packets_already_read(core: SimpleNamespace, pair: Pair) -> None:
@@ -272,7 +273,25 @@ def test_blocking_read_releases_the_gil(core: SimpleNamespace, pair: Pair) -> No
     assert bytes(batch.packet(0)) == b"from another thread"
 
 
-# --- write_packets -------------------------------------------------------------------------------
+# --- write_packets and write_vnet_packets ------------------------------------------------------------
+
+#: Stands in for a virtio_net_hdr: 10 distinct bytes the receiver must find before every packet.
+HEADER = bytes(range(0xA0, 0xAA))
+Writer = Callable[[SimpleNamespace, int, list[bytes]], int]
+
+
+def _plain(core: SimpleNamespace, fd: int, packets: list[bytes]) -> int:
+    return int(core.write_packets(fd, packets))
+
+
+def _vnet(core: SimpleNamespace, fd: int, packets: list[bytes]) -> int:
+    return int(core.write_vnet_packets(fd, [HEADER] * len(packets), packets))
+
+
+@pytest.fixture(params=[(_plain, b""), (_vnet, HEADER)], ids=["write_packets", "write_vnet_packets"])
+def writer(request: pytest.FixtureRequest) -> tuple[Writer, bytes]:
+    """Each batched writer, with what it puts before every packet; the shared behaviour runs on both."""
+    return request.param  # type: ignore[no-any-return]
 
 
 def test_write_packets_writes_each_buffer_as_one_packet(core: SimpleNamespace, pair: Pair) -> None:
@@ -285,30 +304,58 @@ def test_write_packets_writes_each_buffer_as_one_packet(core: SimpleNamespace, p
     assert drain(core, a) == [b"any", b"iterable"]
 
 
-def test_write_packets_stops_at_eagain(core: SimpleNamespace, pair: Pair) -> None:
+def test_write_vnet_packets_puts_each_header_before_its_packet(core: SimpleNamespace, pair: Pair) -> None:
     a, b = pair
+    headers = [HEADER, bytearray(b"0123456789"), memoryview(b"--abcdefghij--")[2:-2], HEADER]
+    packets = [b"bytes", bytearray(b"bytearray"), memoryview(b"--memoryview--")[2:-2], payload(9, 1500)]
+    assert core.write_vnet_packets(b.fileno(), headers, packets) == len(packets)
+    assert drain(core, a) == [bytes(h) + bytes(p) for h, p in zip(headers, packets, strict=True)]
+    assert core.write_vnet_packets(b.fileno(), [], []) == 0
+    assert core.write_vnet_packets(b.fileno(), iter([HEADER, HEADER]), iter([b"any", b""])) == 2
+    assert drain(core, a) == [HEADER + b"any", HEADER]  # an empty packet still carries its header
+
+
+@pytest.mark.parametrize(("headers", "packets"), [(1, 2), (2, 1), (1, 0)])
+def test_write_vnet_packets_needs_one_header_per_packet(
+    core: SimpleNamespace, pair: Pair, headers: int, packets: int
+) -> None:
+    a, b = pair
+    with pytest.raises(ValueError, match="headers for"):
+        core.write_vnet_packets(b.fileno(), [HEADER] * headers, [b"packet"] * packets)
+    assert drain(core, a) == []
+
+
+def test_write_stops_at_eagain(core: SimpleNamespace, pair: Pair, writer: tuple[Writer, bytes]) -> None:
+    a, b = pair
+    write, prefix = writer
     b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     packets = [payload(i, 1000) for i in range(500)]
-    written = core.write_packets(b.fileno(), packets)
+    written = write(core, b.fileno(), packets)
     assert 0 < written < len(packets)
-    assert core.write_packets(b.fileno(), packets[written:]) == 0  # still full: nothing more fits
+    assert write(core, b.fileno(), packets[written:]) == 0  # still full: nothing more fits
     received = drain(core, a)
-    assert received == packets[:written]
-    assert core.write_packets(b.fileno(), packets[written : written + 1]) == 1  # room again
+    assert received == [prefix + p for p in packets[:written]]
+    assert write(core, b.fileno(), packets[written : written + 1]) == 1  # room again
 
 
-def test_write_error_reports_packets_written(core: SimpleNamespace, pair: Pair) -> None:
+def test_write_error_reports_packets_written(
+    core: SimpleNamespace, pair: Pair, writer: tuple[Writer, bytes]
+) -> None:
     a, b = pair
+    write, prefix = writer
     sndbuf = b.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     with pytest.raises(OSError) as info:
-        core.write_packets(b.fileno(), [b"sent", bytes(sndbuf + 1), b"never"])
+        write(core, b.fileno(), [b"sent", bytes(sndbuf + 1), b"never"])
     assert info.value.errno == errno.EMSGSIZE
     assert info.value.packets_written == 1  # type: ignore[attr-defined]
-    assert drain(core, a) == [b"sent"]
+    assert drain(core, a) == [prefix + b"sent"]
 
 
-def test_write_interrupted_by_raising_handler(core: SimpleNamespace, pair: Pair) -> None:
+def test_write_interrupted_by_raising_handler(
+    core: SimpleNamespace, pair: Pair, writer: tuple[Writer, bytes]
+) -> None:
     a, b = pair
+    write, prefix = writer
     make_blocking(b, socket.SO_SNDTIMEO)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
 
@@ -321,10 +368,35 @@ def test_write_interrupted_by_raising_handler(core: SimpleNamespace, pair: Pair)
     packets = [payload(i, 1000) for i in range(500)]
     # The socket fills and write() blocks; the handler's exception ends the loop with the count attached.
     with interrupting(stop), pytest.raises(Stop) as info:
-        core.write_packets(b.fileno(), packets)
+        write(core, b.fileno(), packets)
     written = info.value.packets_written  # type: ignore[attr-defined]
     assert 0 < written < len(packets)
-    assert drain(core, a) == packets[:written]
+    assert drain(core, a) == [prefix + p for p in packets[:written]]
+
+
+def test_blocking_write_releases_the_gil(
+    core: SimpleNamespace, pair: Pair, writer: tuple[Writer, bytes]
+) -> None:
+    a, b = pair
+    write, prefix = writer
+    make_blocking(b, socket.SO_SNDTIMEO)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    packets = [payload(i, 1000) for i in range(100)]
+    received: list[bytes] = []
+
+    def receive() -> None:
+        # Python code: it runs only while the writer, blocked on a full socket, has released the GIL.
+        a.settimeout(BLOCK_SECONDS)
+        while len(received) < len(packets):
+            received.append(a.recv(4096))
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        assert write(core, b.fileno(), packets) == len(packets)
+    finally:
+        reader.join(BLOCK_SECONDS * 2)
+    assert received == [prefix + p for p in packets]
 
 
 @pytest.mark.parametrize(
@@ -336,6 +408,9 @@ def test_write_packets_acquires_every_buffer_first(
     a, b = pair
     with pytest.raises(error):
         core.write_packets(b.fileno(), [b"ok", bad])
+    for headers, packets in (([HEADER, bad], [b"ok", b"ok"]), ([HEADER, HEADER], [b"ok", bad])):
+        with pytest.raises(error):
+            core.write_vnet_packets(b.fileno(), headers, packets)
     assert drain(core, a) == []  # nothing was written before the bad item was found
 
 
@@ -348,10 +423,12 @@ def test_round_trip(core: SimpleNamespace, sizes: list[int], slots: int) -> None
     a, b = make_pair()
     with a, b:
         sent = [payload(i, size) for i, size in enumerate(sizes)]
+        headers = [payload(size, 10) for size in sizes]
         assert core.write_packets(b.fileno(), sent) == len(sent)
-        batch = core.PacketBatch(slots=slots, slot_size=3000)
+        assert core.write_vnet_packets(b.fileno(), headers, sent) == len(sent)
+        batch = core.PacketBatch(slots=slots, slot_size=3010)
         received: list[bytes] = []
         while count := batch.read_from(a.fileno()):
             assert count <= slots
             received += [bytes(batch.packet(i)) for i in range(count)]
-        assert received == sent
+        assert received == sent + [h + p for h, p in zip(headers, sent, strict=True)]
