@@ -1,17 +1,23 @@
 """The runtime: one thread that puts the sans-I/O stack on a real TUN device.
 
 The engine (pytcp.stack) never reads a clock and never touches a file descriptor; this module owns both.
-Its single loop thread waits on the TUN fd and a wake-up eventfd with a timeout equal to the stack's next
-timer, and on every wake-up:
+One engine lock keeps the engine single-threaded: whoever holds it may touch the stack, reads ``now``
+when it takes it, and before letting go writes the packets the stack queued and hands out the events it
+raised (a "section"). Its loop thread waits on the TUN fd and a wake-up eventfd with a timeout equal to
+the stack's next timer, and on every wake-up:
 
-1. reads every packet the device holds, in batches (tcpcore.PacketBatch), feeding each to the stack with
-   one monotonic ``now`` per batch, and writes the stack's answers after each batch so ACKs leave while
-   the kernel is still sending;
-2. runs the calls other threads queued with ``call`` (the socket layer does every operation that way, so
-   the engine stays single-threaded);
-3. fires due timers, writes all output with one batched ``write_many``;
-4. hands the stack's events to per-connection waiters (pytcp.socket) and to registered listeners
-   (the asyncio layer uses ``loop.call_soon_threadsafe`` there).
+1. reads every packet the device holds, in batches (tcpcore.PacketBatch), feeding each batch to the
+   stack in one section, so ACKs leave while the kernel is still sending and application threads get
+   the lock between batches;
+2. runs the calls other threads queued with ``call`` (the asyncio layer and the forwarder), fires due
+   timers, writes the output.
+
+Application threads run their engine operations themselves in a section (``run``; pytcp.socket does
+every operation that way), as Linux runs TCP in process context under the socket lock and leaves the
+rest to softirq: a send goes out on the sending thread, with no hand-off to the loop thread, which is
+woken only when its timer deadline must move earlier. Events go to per-connection waiters (pytcp.socket)
+and to registered listeners (the asyncio layer uses ``loop.call_soon_threadsafe`` there), on whichever
+thread holds the lock.
 
 Offloads (TunDevice with ``offload=True``): inbound packets flagged NEEDS_CSUM or DATA_VALID skip checksum
 verification (``Stack.receive(..., checksum_verified=True)``), and inbound TSO super-packets reach the stack
@@ -44,6 +50,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from tcpcore import PacketBatch
 from tcpcore._types import Buffer
+from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 from tcpcore.errors import MalformedPacket
 
 from .config import TCPConfig
@@ -71,13 +78,13 @@ BATCH_SLOTS = 64
 BATCHES_PER_WAKEUP = 16
 #: Calls queued between two wake-ups. Each wake-up runs every queued call, so the queue holds only what
 #: threads submit during one iteration (well under a millisecond); 64 Ki is far beyond any real burst
-#: (one blocked thread or one asyncio operation per call) and caps the queue at a few MB.
+#: (one asyncio operation per call) and caps the queue at a few MB.
 MAX_PENDING_CALLS = 65536
 #: Share of ``stop(timeout)`` spent waiting for FIN handshakes before the survivors are reset; the other
 #: half is left for the RSTs to go out and the thread to finish.
 GRACEFUL_SHARE = 0.5
 #: IPv4 + TCP headers without options (RFC 791, RFC 9293): the MSS that fits an MTU is MTU - 40.
-TCPIP_HEADERS = 40
+TCPIP_HEADERS = IPV4_HEADER_MIN + TCP_HEADER_MIN
 #: Largest GSO packet a TUN device with offloads takes: its gso_max_size is the legacy GSO_MAX_SIZE
 #: (65536), and without BIG TCP an IPv4 packet ends at the 16-bit total length, 65535 bytes.
 TUN_GSO_MAX_SIZE = 0xFFFF
@@ -134,9 +141,10 @@ class RuntimeCounters:
 class Waiter:
     """Wakes application threads blocked on one connection or listener.
 
-    The loop thread bumps ``generation`` for each event; a thread that saw generation g while attempting
-    an operation on the loop thread sleeps until it differs, so an event dispatched between the attempt
-    and the sleep is never lost.
+    Whoever dispatches an event (under the engine lock) bumps ``generation``; a thread that saw
+    generation g in the section of its attempt sleeps until it differs, so an event dispatched between
+    the attempt and the sleep is never lost. Lock order: engine lock, then the condition; a sleeper holds
+    no engine lock, so notifying under it cannot deadlock.
     """
 
     __slots__ = ("condition", "generation")
@@ -189,6 +197,14 @@ class StackRuntime:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # Reentrant: stop() may run in a signal handler that interrupted wake() on the same thread.
         self._wake_lock = threading.RLock()
+        #: The engine lock (module docstring) and the thread holding it: a Lock has no owner to ask.
+        self._lock = threading.Lock()
+        self._owner: threading.Thread | None = None
+        #: The timer deadline the loop sleeps until (inf: none; -inf: awake, it reads the timer again
+        #: before sleeping). A section that arms an earlier timer wakes the loop.
+        self._sleep_until = -math.inf
+        #: stop() called by a signal handler inside a section: its timeout, for when the section ends.
+        self._deferred_stop: float | None = None
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
         self._poller = select.poll()
@@ -251,7 +267,7 @@ class StackRuntime:
 
     @property
     def stack(self) -> Stack:
-        """The engine; touch it only on the loop thread (inside ``call``)."""
+        """The engine; touch it only inside a section (``run``, ``call``, an event listener)."""
         return self._stack
 
     @property
@@ -260,7 +276,7 @@ class StackRuntime:
 
     @property
     def now(self) -> float:
-        """The loop's monotonic clock as of the current wake-up; the ``now`` for engine calls in ``call``."""
+        """The monotonic clock as of the current section's start: the ``now`` for engine calls in it."""
         return self._now
 
     @property
@@ -274,8 +290,10 @@ class StackRuntime:
         return self._failure
 
     def on_loop_thread(self) -> bool:
+        """Whether the calling thread is inside a section, where engine calls run at once: the loop
+        thread at work, or an application thread in ``run`` (and the event listeners it calls)."""
         # The Thread object, not its ident: idents are reused once a thread has exited.
-        return threading.current_thread() is self._thread
+        return self._owner is threading.current_thread()
 
     # -- lifetime ------------------------------------------------------------------------------------
 
@@ -295,15 +313,20 @@ class StackRuntime:
         CLOSED or TIME-WAIT by then are reset. TimeoutError if the loop thread does not finish in
         ``timeout``, in which case the device is left open (the thread may still be using it).
         """
-        if self.on_loop_thread():
-            raise RuntimeError("stop() cannot run on the runtime's own thread")
         thread = self._thread
+        if threading.current_thread() is thread:
+            raise RuntimeError("stop() cannot run on the runtime's own thread")
         if thread is not None and thread.is_alive():
             if not self._stopping:
                 self._grace = max(0.0, timeout) * GRACEFUL_SHARE
                 # The flag first, then the wake-up: the loop reads the flag after it wakes.
                 self._stopping = True
                 self._wake()
+            if self.on_loop_thread():
+                # A signal handler interrupted this thread's section: the loop needs the lock to finish,
+                # so the section's end completes the stop (before the interrupted operation returns).
+                self._deferred_stop = timeout
+                return
             thread.join(max(0.0, timeout))
             if thread.is_alive():
                 raise TimeoutError(f"runtime thread did not stop within {timeout} s")
@@ -333,11 +356,40 @@ class StackRuntime:
 
     # -- cross-thread entry points -------------------------------------------------------------------
 
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the calling thread in a section: under the engine lock, with ``now`` read
+        as it starts; the packets it queued leave and its events are dispatched before it returns, and
+        the loop is woken only if ``fn`` armed a timer earlier than the one it sleeps until.
+        RuntimeNotRunning when the runtime is not running. Inside a section ``fn`` just runs (the outer
+        section sends its output). ``fn`` must not block: the loop waits for the lock meanwhile.
+        """
+        current = threading.current_thread()
+        if self._owner is current:
+            return fn(*args)
+        try:
+            with self._lock:
+                self._owner = current
+                try:
+                    if not self.running:
+                        raise RuntimeNotRunning()
+                    now = self._now = time.monotonic()
+                    try:
+                        return fn(*args)
+                    finally:
+                        self._flush(now)
+                        self._nudge()
+                finally:
+                    self._owner = None
+        finally:
+            if self._deferred_stop is not None:
+                timeout, self._deferred_stop = self._deferred_stop, None
+                self.stop(timeout)
+
     def call(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn(*args)`` on the loop thread; its result or exception lands in the returned Future.
 
-        On the loop thread itself (an event listener, a function already inside ``call``) ``fn`` runs at
-        once, so code shared by both sides cannot deadlock waiting for itself.
+        Inside a section (an event listener, a function already inside ``call`` or ``run``) ``fn`` runs
+        at once, so code shared by both sides cannot deadlock waiting for itself.
         """
         future: Future[T] = Future()
         if self.on_loop_thread():
@@ -359,8 +411,9 @@ class StackRuntime:
         return future
 
     def add_event_listener(self, callback: Callable[[Event], None]) -> None:
-        """Call ``callback(event)`` on the loop thread for every stack event. It must not block; an
-        exception it raises is logged and counted, never propagated into the loop."""
+        """Call ``callback(event)`` for every stack event, in the section that dispatches it (on the loop
+        thread or an application thread in ``run``). It must not block; an exception it raises is logged
+        and counted, never propagated."""
         self._listeners = (*self._listeners, callback)
 
     def remove_event_listener(self, callback: Callable[[Event], None]) -> None:
@@ -380,7 +433,7 @@ class StackRuntime:
             self._poller.unregister(fd)
 
     def watch(self, key: object) -> Waiter:
-        """The Waiter for a Connection or Listener (loop thread only); created on first use. A
+        """The Waiter for a Connection or Listener (inside a section); created on first use. A
         connection's waiter is forgotten after its Closed event; call ``unwatch`` for listeners."""
         waiter = self._waiters.get(key)
         if waiter is None:
@@ -388,7 +441,7 @@ class StackRuntime:
         return waiter
 
     def unwatch(self, key: object) -> None:
-        """Forget ``key``'s waiter (loop thread only)."""
+        """Forget ``key``'s waiter (inside a section)."""
         self._waiters.pop(key, None)
 
     def socket(
@@ -398,23 +451,29 @@ class StackRuntime:
         return Socket(self, family, type, proto)
 
     def connections_table(self, timeout: float | None = 5.0) -> list[dict[str, Any]]:
-        """A snapshot of every listener and connection (as ``ss -tanoi``), taken on the loop thread."""
-        return self._on_loop(self._stack.table, timeout)
+        """A snapshot of every listener and connection (as ``ss -tanoi``), taken under the engine lock."""
+        return self._locked(self._stack.table, timeout)
 
     def counters(self, timeout: float | None = 5.0) -> dict[str, dict[str, int]]:
-        """Snapshots of the runtime's counters and the stack's MIB, taken together on the loop thread."""
-        return self._on_loop(self._snapshot, timeout)
+        """Snapshots of the runtime's counters and the stack's MIB, taken together under the engine lock."""
+        return self._locked(self._snapshot, timeout)
 
     def _snapshot(self) -> dict[str, dict[str, int]]:
         return {"runtime": asdict(self._counters), "mib": self._stack.mib.snapshot()}
 
-    def _on_loop(self, fn: Callable[[], T], timeout: float | None) -> T:
-        """``fn()`` on the loop thread, or directly when there is no loop thread (before start, after
-        stop), so the final figures stay readable."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+    def _locked(self, fn: Callable[[], T], timeout: float | None) -> T:
+        """``fn()`` under the engine lock, whether or not the loop runs (the final figures stay readable
+        after stop); TimeoutError if the lock stays taken for ``timeout`` seconds."""
+        current = threading.current_thread()
+        if self._owner is current:
             return fn()
-        return self.call(fn).result(timeout)
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TimeoutError(f"the pytcp engine stayed busy for {timeout} s")
+        self._owner = current
+        try:
+            return fn()
+        finally:
+            self._leave()
 
     def _wake(self) -> None:
         # EBADF: closed (-1) by stop(), nothing left to wake; EAGAIN: the counter is saturated (awake).
@@ -446,16 +505,19 @@ class StackRuntime:
                 waiter.notify()
 
     def _loop(self) -> None:
-        tun_fd = self._tun.fileno()
+        tun, batch = self._tun, self._batch
+        tun_fd = tun.fileno()
         wake_fd = self._wake_fd
         poller = self._poller
         poller.register(tun_fd, select.POLLIN)
         poller.register(wake_fd, select.POLLIN)
         counters = self._counters
+        timeout = 0
         while True:
-            ready = poller.poll(self._poll_timeout())
-            now = self._now = time.monotonic()
-            counters.wakeups += 1
+            ready = poller.poll(timeout)
+            # Awake: sections need not wake the loop, which reads the timer again before it sleeps.
+            self._sleep_until = -math.inf
+            readable = False
             for fd, mask in ready:
                 if mask & (select.POLLERR | select.POLLNVAL):
                     raise OSError(errno.EIO, f"poll reported {mask:#x} on fd {fd}")
@@ -463,75 +525,119 @@ class StackRuntime:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(wake_fd)
                 elif fd == tun_fd:
-                    self._receive(now)
-                    now = self._now
+                    readable = True
                 elif (reader := self._readers.get(fd)) is not None:
+                    self._enter()
                     try:
                         reader()
                     except Exception:
                         counters.callback_errors += 1
                         logger.exception("runtime reader %r failed", reader)
-            self._run_calls()
-            done = self._stopping and self._shutdown_step(now)
-            stack = self._stack
-            deadline = stack.get_timer()
-            if deadline is not None and deadline <= now:
-                stack.handle_timer(now)
-            # Events first (their waiters wake while the output is written), then again for any the
-            # output step itself raised, so none waits for the next wake-up.
-            self._dispatch()
-            self._transmit(now)
-            self._dispatch()
+                    finally:
+                        self._leave()  # its output leaves with the section below, in this wake-up
+            # One section per batch read, the lock released in between; the last one (usually the only
+            # one) also runs the queued calls and due timers and reads the timer for the next sleep.
+            for budget in reversed(range(BATCHES_PER_WAKEUP)):
+                # The device is read outside the section: only this thread reads it.
+                count = tun.read_into(batch) if readable else 0
+                readable = count == batch.slots
+                last = not (readable and budget)
+                now = self._enter()
+                try:
+                    if count:
+                        self._receive(now)
+                    done = last and self._tend(now)
+                    self._flush(now)
+                    if last:
+                        timeout = self._poll_timeout(now)
+                finally:
+                    self._leave()
+                if last:
+                    break
             if done:
                 return
 
-    def _poll_timeout(self) -> int:
-        """Milliseconds until the next timer, rounded up so the loop never wakes early and spins. Measured
-        from this wake-up's clock read: a timer may fire late by the loop's own work in one iteration,
-        the price of reading the clock once per wake-up."""
-        if self._calls:
-            return 0
+    def _tend(self, now: float) -> bool:
+        """Once per wake-up: the queued calls, a step of the graceful stop, the due timers. True when
+        the loop may exit (after this section's output)."""
+        self._counters.wakeups += 1
+        self._run_calls()
+        done = self._stopping and self._shutdown_step(now)
+        stack = self._stack
+        deadline = stack.get_timer()
+        if deadline is not None and deadline <= now:
+            stack.handle_timer(now)
+        return done
+
+    def _enter(self) -> float:
+        """Begin a section on the loop thread; returns its ``now``."""
+        self._lock.acquire()
+        self._owner = self._thread
+        now = self._now = time.monotonic()
+        return now
+
+    def _leave(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def _flush(self, now: float) -> None:
+        """The end of every section: events first (listeners may answer them, as the forwarder and the
+        asyncio layer do, and their output should leave now), the output, then the events the output
+        step itself raised."""
+        self._dispatch()
+        self._transmit(now)
+        self._dispatch()
+
+    def _nudge(self) -> None:
+        """Wake the loop if the stack's next timer now comes before the deadline the loop sleeps until
+        (an application thread armed it): the one hand-off a section may need."""
+        deadline = self._stack.get_timer()
+        if deadline is not None and deadline < self._sleep_until:
+            self._sleep_until = -math.inf
+            self._wake()
+
+    def _poll_timeout(self, now: float) -> int:
+        """Milliseconds until the next timer, rounded up so the loop never wakes early and spins, and
+        the deadline it stands for in ``_sleep_until`` (read by ``_nudge``). Measured from this
+        section's clock read: a timer may fire late by the loop's own work in one iteration."""
         deadline = self._stack.get_timer()
         if self._stopping:
-            if self._shutdown_deadline is None:
-                return 0
-            deadline = self._shutdown_deadline if deadline is None else min(deadline, self._shutdown_deadline)
+            shutdown = self._shutdown_deadline
+            if shutdown is None:
+                shutdown = now
+            deadline = shutdown if deadline is None else min(deadline, shutdown)
+        if self._calls:
+            deadline = now
         if deadline is None:
+            self._sleep_until = math.inf
             return -1
-        return max(0, math.ceil((deadline - self._now) * 1000))
+        self._sleep_until = deadline
+        return max(0, math.ceil((deadline - now) * 1000))
 
     def _receive(self, now: float) -> None:
-        """Every packet the device holds, batch by batch, each batch's output written right after it."""
+        """Feed the batch just read to the stack (inside a section)."""
         tun, batch, stack, pcap, counters = self._tun, self._batch, self._stack, self._pcap, self._counters
         receive = stack.receive
-        for _ in range(BATCHES_PER_WAKEUP):
-            count = tun.read_into(batch)
-            if not count:
-                return
-            counters.batches += 1
-            stamp = time.time() if pcap is not None else 0.0
-            for slot in batch:
-                try:
-                    header, packet = tun.parse_inbound(slot)
-                except MalformedPacket:
-                    counters.rx_malformed += 1
-                    continue
-                if not packet or packet[0] >> 4 != 4:
-                    counters.rx_not_ipv4 += 1
-                    continue
-                counters.rx_packets += 1
-                counters.rx_bytes += len(packet)
-                if pcap is not None:
-                    pcap.write(packet, stamp)
-                trusted = header.checksum_trusted
-                if trusted:
-                    counters.rx_trusted += 1
-                # The stack must not keep views of ``packet`` past this call: the slot is reused.
-                receive(packet, now, checksum_verified=trusted)
-            self._transmit(now)
-            if count < batch.slots:
-                return
-            now = self._now = time.monotonic()
+        counters.batches += 1
+        stamp = time.time() if pcap is not None else 0.0
+        for slot in batch:
+            try:
+                header, packet = tun.parse_inbound(slot)
+            except MalformedPacket:
+                counters.rx_malformed += 1
+                continue
+            if not packet or packet[0] >> 4 != 4:
+                counters.rx_not_ipv4 += 1
+                continue
+            counters.rx_packets += 1
+            counters.rx_bytes += len(packet)
+            if pcap is not None:
+                pcap.write(packet, stamp)
+            trusted = header.checksum_trusted
+            if trusted:
+                counters.rx_trusted += 1
+            # The stack must not keep views of ``packet`` past this call: the slot is reused.
+            receive(packet, now, checksum_verified=trusted)
 
     def _run_calls(self) -> None:
         """The calls queued before this point; later ones wait for the next iteration (bounded work)."""

@@ -1,8 +1,9 @@
 """A blocking socket API over the user-space stack, shaped like Python's ``socket`` module for TCP/IPv4.
 
-Any thread may use a ``Socket``; every operation runs on the runtime's loop thread through
-``StackRuntime.call`` (the engine stays single-threaded) and, when it cannot complete yet, the calling
-thread sleeps on the connection's Waiter until the loop dispatches an event for it (Connected,
+Any thread may use a ``Socket``; every operation runs on the calling thread under the runtime's engine
+lock through ``StackRuntime.run`` (as a Linux system call runs TCP under the socket lock: a send leaves
+from the sending thread, with no hand-off to the loop thread) and, when it cannot complete yet, the
+calling thread sleeps on the connection's Waiter until an event is dispatched for it (Connected,
 DataReadable, Writable, IncomingConnection, PeerClosed, ConnectionReset, ConnectionFailed, Closed), then
 tries again. Timeouts behave as Python's: ``settimeout(t)`` bounds each call (TimeoutError),
 ``setblocking(False)`` makes a call that would wait raise BlockingIOError (EAGAIN; EINPROGRESS for
@@ -49,6 +50,10 @@ SOCK_STREAM: Final = _socket.SOCK_STREAM
 EPHEMERAL_PORTS: Final = range(32768, 61000)
 #: The default listen() backlog of Python's socket.create_server / socketserver.
 DEFAULT_BACKLOG: Final = 128
+#: Message flags as plain ints: the socket module's are IntFlag members, whose arithmetic costs
+#: microseconds per call on the send and recv path.
+_MSG_DONTWAIT: Final = int(_socket.MSG_DONTWAIT)
+_MSG_NOSIGNAL: Final = int(_socket.MSG_NOSIGNAL)
 _LINGER = struct.Struct("ii")
 _INT = struct.Struct("i")
 _INT_RANGE: Final = (-(2**31), 2**31 - 1)
@@ -143,15 +148,14 @@ class Socket:
     # -- the machinery -------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., T], *args: object) -> T:
-        result: T = self._runtime.call(fn, *args).result()
-        return result
+        return self._runtime.run(fn, *args)
 
     def _check_open(self) -> None:
         if self._closed:
             raise _error(errno.EBADF)
 
     def _run(self, attempt: Callable[[], T | _Block], *, wait: bool = True) -> T:
-        """Run ``attempt`` on the loop thread until it stops returning _BLOCK, sleeping on the
+        """Run ``attempt`` in a section until it stops returning _BLOCK, sleeping on the
         connection's (or listener's) Waiter in between, within the socket's timeout; ``wait=False``
         (MSG_DONTWAIT) or a non-blocking socket: EAGAIN instead of sleeping."""
         timeout = self._timeout if wait else 0.0
@@ -168,7 +172,7 @@ class Socket:
                 raise TimeoutError("timed out")
 
     def _attempt(self, attempt: Callable[[], T | _Block]) -> tuple[T | _Block, Waiter | None, int]:
-        """Loop thread: one try. The waiter's generation is read here, after the try and before any
+        """In a section: one try. The waiter's generation is read here, after the try and before any
         event that could unblock it is dispatched, so the caller never misses a wake-up."""
         self._check_open()
         result = attempt()
@@ -321,7 +325,7 @@ class Socket:
     # -- data ----------------------------------------------------------------------------------------
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        wait = self._flags(flags, _socket.MSG_NOSIGNAL)
+        wait = self._flags(flags, _MSG_NOSIGNAL)
         self._check_open()
         view = memoryview(data).cast("B")
 
@@ -332,7 +336,7 @@ class Socket:
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
         """Send everything or raise; the timeout bounds the whole call, as in Python 3.5+."""
-        wait = self._flags(flags, _socket.MSG_NOSIGNAL)
+        wait = self._flags(flags, _MSG_NOSIGNAL)
         self._check_open()
         view = memoryview(data).cast("B")
         sent = 0
@@ -345,7 +349,7 @@ class Socket:
         self._run(attempt, wait=wait)
 
     def _send_some(self, view: memoryview) -> int:
-        """Loop thread: what the send buffer takes of ``view`` now (0 when full)."""
+        """In a section: what the send buffer takes of ``view`` now (0 when full)."""
         conn = self._conn
         if conn is None:
             raise _error(errno.EPIPE)  # Linux: sending on an unconnected TCP socket
@@ -378,7 +382,7 @@ class Socket:
         return self._run(lambda: self._read(lambda conn, now: conn.recv_into(view, now), 0), wait=wait)
 
     def _read(self, read: Callable[[Connection, float], R], empty: R) -> R | _Block:
-        """Loop thread: ``read(conn, now)``; the connection's error once, then end of file (Linux)."""
+        """In a section: ``read(conn, now)``; the connection's error once, then end of file (Linux)."""
         conn = self._conn
         if conn is None:
             raise _error(errno.ENOTCONN)
@@ -396,9 +400,9 @@ class Socket:
     @staticmethod
     def _flags(flags: int, allowed: int = 0) -> bool:
         """Whether the call may wait: MSG_DONTWAIT makes it non-blocking; other flags are unsupported."""
-        if flags & ~(allowed | _socket.MSG_DONTWAIT):
+        if flags & ~(allowed | _MSG_DONTWAIT):
             raise OSError(errno.EOPNOTSUPP, f"flags {flags:#x} are not supported by pytcp sockets")
-        return not flags & _socket.MSG_DONTWAIT
+        return not flags & _MSG_DONTWAIT
 
     # -- closing -------------------------------------------------------------------------------------
 
@@ -585,7 +589,7 @@ class Socket:
 
     @property
     def connection(self) -> Connection | None:
-        """The engine's connection (touch it only on the loop thread), for diagnostics such as info()."""
+        """The engine's connection (touch it only in a section), for diagnostics such as info()."""
         return self._conn
 
 
@@ -598,7 +602,7 @@ def _check_option(level: int, optname: int) -> None:
 
 
 def _set_option(conn: Connection, level: int, optname: int, value: int) -> None:
-    """Apply one stored option to the engine's connection (loop thread)."""
+    """Apply one stored option to the engine's connection (in a section)."""
     if level == _socket.SOL_SOCKET:
         if optname == _socket.SO_KEEPALIVE:
             conn.keepalive = bool(value)

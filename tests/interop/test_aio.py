@@ -384,9 +384,10 @@ def test_paused_reading_closes_the_window(runtime: StackRuntime, netns: NetNames
                 await asyncio.wait_for(stalled(push), STEP)
                 sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                 config = runtime.stack.config
-                # kernel send buffer + engine receive buffer + what is on its way to the protocol + the
-                # StreamReader's pause threshold (2 * limit) + one read
-                bound = sndbuf + config.recv_buffer + aio.READ_AHEAD + 2 * limit + aio.READ_CHUNK
+                # kernel send buffer + engine receive buffer (autotuned up to max_buffer while the
+                # StreamReader still reads) + what is on its way to the protocol + the StreamReader's
+                # pause threshold (2 * limit) + one read
+                bound = sndbuf + config.max_buffer + aio.READ_AHEAD + 2 * limit + aio.READ_CHUNK
                 assert sent <= bound, f"{sent} bytes accepted with nobody reading (bound {bound})"
                 release.set()
                 sock.shutdown(socket.SHUT_WR)

@@ -193,7 +193,7 @@ def test_timer_fires_when_due(stubbed: tuple[StackRuntime, FakeDevice, StubStack
     assert stack.fired[0] >= due, "the timer fired early"
 
 
-def test_call_runs_on_loop_thread_inline_when_nested_and_propagates_errors(
+def test_call_and_run_inline_when_nested_and_propagate_errors(
     stubbed: tuple[StackRuntime, FakeDevice, StubStack],
 ) -> None:
     runtime, _, _ = stubbed
@@ -203,6 +203,11 @@ def test_call_runs_on_loop_thread_inline_when_nested_and_propagates_errors(
     assert nested == loop_ident
     with pytest.raises(ZeroDivisionError):
         runtime.call(lambda: 1 // 0).result(STEP)
+    # run() holds the engine on the calling thread: calls inside it run there, at once.
+    assert runtime.run(lambda: runtime.call(threading.get_ident).result(0)) == threading.get_ident()
+    assert runtime.run(runtime.on_loop_thread) and not runtime.on_loop_thread()
+    with pytest.raises(ZeroDivisionError):
+        runtime.run(lambda: 1 // 0)
 
 
 def test_events_reach_waiters_and_listeners(stubbed: tuple[StackRuntime, FakeDevice, StubStack]) -> None:
@@ -287,6 +292,8 @@ def test_stop_lifecycle() -> None:
     runtime.stop()  # idempotent
     error = runtime.call(int).exception(0)
     assert isinstance(error, RuntimeNotRunning) and error.errno == errno.ENETDOWN
+    with pytest.raises(RuntimeNotRunning):
+        runtime.run(int)
     assert runtime.counters()["runtime"]["calls"] >= 1  # readable after stop
 
 
@@ -310,6 +317,29 @@ def test_stop_from_a_signal_handler() -> None:
         signal.signal(signal.SIGUSR1, previous)
         runtime.stop(STOP_TIMEOUT)
     assert not runtime.running
+
+
+def test_stop_from_a_signal_handler_inside_an_operation() -> None:
+    """The handler interrupts the main thread inside ``run``, holding the engine lock the loop needs to
+    finish: the stop completes as the operation ends, before it returns, instead of deadlocking."""
+    device = FakeDevice()
+    runtime = StackRuntime(device, cast(Stack, StubStack())).start()
+    stopped: list[bool] = []
+
+    def handler(signum: int, frame: object) -> None:
+        runtime.stop(STOP_TIMEOUT)
+        stopped.append(True)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        timer = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+        timer.start()
+        assert runtime.run(time.sleep, 0.3) is None
+        timer.join(STEP)
+        assert stopped and not runtime.running and device.closed
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        runtime.stop(STOP_TIMEOUT)
 
 
 # -- against the kernel --------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 
@@ -485,3 +487,125 @@ def test_blocked_call_fails_when_runtime_stops(netns: NetNamespace) -> None:
     join()
     assert [exc.errno for exc in errors] == [errno.ENETDOWN]
     server.close()  # after the runtime is gone: quietly closed
+
+
+def recv_exactly(sock: socket.socket | Socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "peer closed early"
+        data += chunk
+    return bytes(data)
+
+
+def test_send_and_recv_run_on_the_calling_thread(runtime: StackRuntime, netns: NetNamespace) -> None:
+    """On an established connection send and recv queue no call for the loop thread: the calling thread
+    runs the engine and writes the segment itself, so it has left by the time sendall returns (nothing
+    else could have made the loop send it: no call, and no packet from the peer before it)."""
+
+    def echo(conn: socket.socket) -> None:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
+
+    with kernel_listener(netns) as listener:
+        join = kernel_peer(listener, echo)
+        with runtime.socket() as sock:
+            sock.settimeout(STEP)
+            sock.connect((KERNEL, PORT))
+            calls = runtime.counters()["runtime"]["calls"]
+            for index in range(20):
+                sent = runtime.counters()["runtime"]["tx_packets"]
+                message = bytes([index]) * (100 + index)
+                sock.sendall(message)
+                assert runtime.counters()["runtime"]["tx_packets"] > sent
+                assert recv_exactly(sock, len(message)) == message
+            assert runtime.counters()["runtime"]["calls"] == calls
+        join()
+
+
+def test_threads_racing_on_sockets(runtime: StackRuntime, netns: NetNamespace) -> None:
+    """Accepts, connects, sends, receives and closes from many threads at once, two threads on one
+    socket, closes under a blocked recv: every byte arrives, every thread ends in bounded time (a race on
+    the engine lock or a lost wake-up would corrupt a stream or hang a join)."""
+    clients, rounds, blob = 6, 40, 200 * 1024
+    joins: list[Callable[[], None]] = []
+
+    def echo(conn: Socket | socket.socket) -> None:
+        with conn:
+            conn.settimeout(STEP)
+            while chunk := conn.recv(4096):
+                conn.sendall(chunk)
+
+    def drain(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(STEP)
+            while conn.recv(4096):
+                pass
+
+    def kernel_server(port: int, handler: Callable[[socket.socket], None], count: int) -> None:
+        with kernel_listener(netns, port) as listener:
+            ready.release()
+            handlers = [run_thread(partial(handler, listener.accept()[0])) for _ in range(count)]
+        for join in handlers:
+            join()
+
+    def stack_server(count: int) -> None:
+        handlers = [run_thread(partial(echo, listening.accept()[0])) for _ in range(count)]
+        for join in handlers:
+            join()
+
+    def kernel_client(seed: int) -> None:
+        """Request-response rounds against the stack's echo server."""
+        rng = random.Random(seed)
+        with kernel_socket(netns) as sock:
+            sock.connect((STACK, PORT))
+            for _ in range(rounds):
+                message = rng.randbytes(rng.randrange(1, 3000))
+                sock.sendall(message)
+                assert recv_exactly(sock, len(message)) == message
+
+    def duplex_client(seed: int) -> None:
+        """One thread writes while another reads the echo, on the same stack socket."""
+        data = random.Random(seed).randbytes(blob)
+        with runtime.socket() as sock:
+            sock.settimeout(STEP)
+            sock.connect((KERNEL, PORT))
+            assert exchange(sock, data) == data
+
+    def closed_under_recv() -> None:
+        """close() from one thread wakes a recv blocked in another, which fails with EBADF."""
+        sock = runtime.socket()
+        sock.settimeout(STEP)
+        sock.connect((KERNEL, PORT + 1))
+        blocked = threading.Event()
+
+        def reader() -> None:
+            blocked.set()
+            with pytest.raises(OSError) as caught:
+                sock.recv(1)
+            assert caught.value.errno == errno.EBADF
+
+        join = run_thread(reader)
+        assert blocked.wait(STEP)
+        time.sleep(0.01)
+        sock.close()
+        join()
+
+    ready = threading.Semaphore(0)
+    joins.append(run_thread(lambda: kernel_server(PORT, echo, clients)))
+    joins.append(run_thread(lambda: kernel_server(PORT + 1, drain, clients)))
+    for _ in range(2):
+        assert ready.acquire(timeout=STEP)
+    with runtime.socket() as listening:
+        listening.settimeout(STEP)
+        listening.bind((STACK, PORT))
+        listening.listen()
+        joins.append(run_thread(lambda: stack_server(clients)))
+        for index in range(clients):
+            joins.append(run_thread(partial(kernel_client, index)))
+            joins.append(run_thread(partial(duplex_client, index)))
+            joins.append(run_thread(closed_under_recv))
+        for join in joins:
+            join()
+    counters = runtime.counters()["runtime"]
+    assert counters["callback_errors"] == 0
