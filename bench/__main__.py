@@ -34,8 +34,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark pytcp against the Linux kernel (bulk in/out, CRR, RR, memory per "
-        "connection), each scenario against both in the same run. Needs root.",
+        description="Benchmark pytcp against the Linux kernel (bulk in/out, CRR, RR, the forwarder against "
+        "kernel routing, memory per connection), each scenario against both in the same run. Needs root.",
     )
     mode = parser.add_mutually_exclusive_group()
     for flag, summary in (

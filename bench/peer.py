@@ -7,12 +7,15 @@ so the only difference between a stack figure and a kernel figure is the TCP und
 
 Programs (each prints JSON lines on stdout, the protocol the harness reads; see bench.topology):
 
-- ``server``: listens on four consecutive ports (discard, crr, rr, hold), prints ``{"ready": ...}`` and then
-  answers one JSON line per command line on stdin: ``stats`` (process CPU seconds and RSS after a GC),
-  ``held`` (connections the hold port has accepted), ``release`` (close them). EOF on stdin stops it;
-  so does a dead stack runtime (after an ``error`` answer), so the harness restarts it.
+- ``server``: listens on five consecutive ports (discard, crr, rr, hold, source), prints
+  ``{"ready": ...}`` and then answers one JSON line per command line on stdin: ``stats`` (process CPU
+  seconds and RSS after a GC), ``held`` (connections the hold port has accepted), ``release`` (close
+  them). EOF on stdin stops it; so does a dead stack runtime (after an ``error`` answer), so the
+  harness restarts it.
 - ``bulk``: connects, sends ``--bytes`` in CHUNK-sized sendall calls, half-closes and waits for the
   server's EOF, so the time covers delivery of the last byte; reports bytes, seconds and CPU seconds.
+  ``--direction down`` receives instead: it asks the server's source port for ``--bytes`` (an 8-byte
+  count) and reads until the server's EOF.
 - ``crr``: connect, 1-byte request, 1-byte reply, close, in a loop for ``--duration`` seconds.
 - ``rr``: 1-byte ping-pong on one connection for ``--duration`` seconds; rate and latency percentiles.
 - ``hold``: opens ``--count`` connections, reports, keeps them until a line or EOF arrives on stdin.
@@ -31,6 +34,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -49,7 +53,7 @@ __all__ = ["PORTS", "main"]
 logger = logging.getLogger(__name__)
 
 #: The server's services, at --port-base + index.
-PORTS = ("discard", "crr", "rr", "hold")
+PORTS = ("discard", "crr", "rr", "hold", "source")
 #: Bound on every blocking socket call: a step takes microseconds to milliseconds even on a loaded 2-core
 #: VM, so 10 s only ever expires on a stall, which then ends the run with an error instead of a hang.
 IO_TIMEOUT = 10.0
@@ -65,6 +69,8 @@ MAX_SAMPLES = 1 << 22
 #: A stack runtime's stop budget (graceful closes, then resets): the runtime's own default.
 STOP_TIMEOUT = 5.0
 _REQUEST = b"q"
+#: The source service's request: how many bytes to send, unsigned 64-bit big-endian.
+_COUNT = struct.Struct("!Q")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -217,6 +223,22 @@ def _crr(conn: StreamSocket) -> None:
             pass
 
 
+def _source(conn: StreamSocket) -> None:
+    """Send as many bytes as the 8-byte request asks for, then close (the client reads until EOF)."""
+    request = b""
+    while len(request) < _COUNT.size:
+        chunk = conn.recv(_COUNT.size - len(request))
+        if not chunk:
+            return
+        request += chunk
+    (left,) = _COUNT.unpack(request)
+    payload = memoryview(os.urandom(CHUNK))
+    while left:
+        size = min(CHUNK, left)
+        conn.sendall(payload[:size])
+        left -= size
+
+
 def _rr(conn: StreamSocket) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buffer = bytearray(64)
@@ -257,7 +279,12 @@ class _Holder:
 
 def _run_server(args: argparse.Namespace) -> int:
     holder = _Holder()
-    handlers: dict[str, Callable[[StreamSocket], None]] = {"discard": _discard, "crr": _crr, "rr": _rr}
+    handlers: dict[str, Callable[[StreamSocket], None]] = {
+        "discard": _discard,
+        "crr": _crr,
+        "rr": _rr,
+        "source": _source,
+    }
     with Backend(args) as backend:
         for index, name in enumerate(PORTS):
             listener = backend.socket()
@@ -320,24 +347,33 @@ def _run_bulk(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
     target = _target(args.target)
     sock = backend.socket()
     sock.connect(target)
-    sent = 0
+    moved = 0
     truncated = False
     deadline = time.monotonic() + args.timeout
     try:
         with _measured() as figures:
-            while sent < args.bytes:
-                if time.monotonic() > deadline:
-                    truncated = True
-                    break
-                size = min(CHUNK, args.bytes - sent)
-                sock.sendall(payload[:size])
-                sent += size
-            sock.shutdown(socket.SHUT_WR)
-            while sock.recv(CHUNK):  # the discard server sends nothing and closes after our EOF
-                pass
+            if args.direction == "up":
+                while moved < args.bytes:
+                    if time.monotonic() > deadline:
+                        truncated = True
+                        break
+                    size = min(CHUNK, args.bytes - moved)
+                    sock.sendall(payload[:size])
+                    moved += size
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(CHUNK):  # the discard server sends nothing and closes after our EOF
+                    pass
+            else:
+                sock.sendall(_COUNT.pack(args.bytes))
+                buffer = bytearray(CHUNK)
+                while count := sock.recv_into(buffer):
+                    moved += count
+                    if time.monotonic() > deadline:
+                        truncated = True
+                        break
     finally:
         sock.close()
-    return {"bytes": sent, "truncated": truncated, **figures}
+    return {"bytes": moved, "truncated": truncated, **figures}
 
 
 def _run_crr(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
@@ -456,7 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
         client.add_argument("--target", required=True, metavar="HOST:PORT")
         if name == "bulk":
             client.add_argument("--bytes", type=int, required=True)
-            client.add_argument("--timeout", type=float, required=True, help="stop sending after S seconds")
+            client.add_argument("--timeout", type=float, required=True, help="stop after S seconds")
+            client.add_argument(
+                "--direction", choices=("up", "down"), default="up", help="send (up) or receive (down)"
+            )
         elif name == "hold":
             client.add_argument("--count", type=int, required=True)
         else:

@@ -62,7 +62,7 @@ def _row(result: VariantResult, metric: Metric) -> dict[str, Any]:
         "stack": stack,
         "kernel": kernel,
         "ratio": ratio,
-        "target": {"kind": target.kind, "value": target.value} if target else None,
+        "target": {"kind": target.kind, "value": target.value, "goal": target.goal} if target else None,
         "meets": meets,
         "errors": result.errors,
     }
@@ -128,7 +128,11 @@ def _target_text(row: dict[str, Any]) -> str:
         return ""
     verdict = "n/a" if row["meets"] is None else ("met" if row["meets"] else "**missed**")
     if target["kind"] == "ratio_min":
-        return f">= {target['value']:g}x: {verdict}"
+        text = f">= {target['value']:g}x: {verdict}"
+        goal = target.get("goal")
+        if goal is not None and row["ratio"] is not None:
+            text += f"; goal {goal:g}x: {'met' if row['ratio'] >= goal else 'not yet'}"
+        return text
     return f"<= {target['value'] / 1024:g} KiB: {verdict}"
 
 
@@ -187,9 +191,14 @@ def plot(document: dict[str, Any], path: Path) -> None:
         goal = _target_relative(row)
         if goal:
             ax.plot([goal, goal], [y - 0.4, y + 0.4], color="black", linewidth=2)
+        aim = row["target"].get("goal") if row["target"] else None
+        if aim:
+            ax.plot([aim, aim], [y - 0.4, y + 0.4], color="black", linewidth=1, linestyle=":")
         text = "failed" if value is None else f"{value:.2g}x"
         # Right of the bar and of its target tick, so neither hides the figure.
-        ax.text(max(value or 0.0, goal or 0.0) * 1.05 or 1e-3, y, f" {text}", va="center", fontsize=8)
+        ax.text(
+            max(value or 0.0, goal or 0.0, aim or 0.0) * 1.05 or 1e-3, y, f" {text}", va="center", fontsize=8
+        )
     ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
     finite = [v for v in values if v]
@@ -197,7 +206,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
     ax.set_yticks(positions, labels, fontsize=8)
     ax.set_xlabel("stack relative to kernel (1 = parity; latency, CPU and memory inverted: kernel/stack)")
     ax.set_title(
-        f"pytcp vs Linux, {document['mode']} mode (black ticks: targets; green met, red missed)\n"
+        f"pytcp vs Linux, {document['mode']} mode (ticks: targets, dotted: goals; green met, red missed)\n"
         f"{document['machine']['line']}",
         fontsize=9,
     )

@@ -14,14 +14,20 @@ program for both targets; servers are the same bench.peer code on either backend
   rest is in ksoftirqd's, which is added; with it, the /proc/stat softirq column is added instead.
 - crr: connect, 1-byte request, 1-byte reply, close, for ``duration`` seconds (client closes first).
 - rr: 1-byte ping-pong on one connection for ``duration`` seconds; rate and latency percentiles.
+- forwarder: pytcp.forwarder relaying kernel clients to a kernel server (bench.topology builds its
+  network and runs it in the harness process), against the kernel routing the same traffic across the
+  same namespaces. Both sides use the same kernel client and kernel server programs; only the address
+  the client targets differs. Bulk up (the client sends ``bulk_bytes``), bulk down (the server's source
+  port sends them) and CRR, all unpinned: the forwarder's loop thread, the client and the server share
+  both CPUs as the kernel's softirq routing does.
 - memory: ``connections`` idle established connections held by the server. Stack: the stack process's RSS
   growth per connection. Kernel: slab growth (/proc/slabinfo, all caches) per endpoint (both ends are
   kernel sockets, so divided by 2 x connections) plus the server process's RSS growth per connection
   (its Python socket objects, which the stack's figure includes too).
 
-Placement: bulk runs unpinned; crr/rr pin every thread of the server (the whole stack process, loop thread
-included) to CPU 0 and the client to CPU 0 ("one CPU") or CPU 1 ("across CPUs"), since a wake-up on the
-other vCPU costs ~50 us here and dominates both figures.
+Placement: bulk and forwarder runs are unpinned; crr/rr pin every thread of the server (the whole stack
+process, loop thread included) to CPU 0 and the client to CPU 0 ("one CPU") or CPU 1 ("across CPUs"),
+since a wake-up on the other vCPU costs ~50 us here and dominates both figures.
 """
 
 from __future__ import annotations
@@ -87,10 +93,12 @@ PLANS = {
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The issue's floor: a minimum stack/kernel ratio, or a maximum stack figure."""
+    """The issue's floor: a minimum stack/kernel ratio, or a maximum stack figure. ``goal``, when the
+    issue names one beyond the floor, is reported next to it; only the floor decides met or missed."""
 
     kind: Literal["ratio_min", "stack_max"]
     value: float
+    goal: float | None = None
 
     def met(self, stack: float, ratio: float) -> bool:
         return ratio >= self.value if self.kind == "ratio_min" else stack <= self.value
@@ -147,20 +155,30 @@ def _bulk(topo: Topology, side: Side, plan: Plan, *, outbound: bool, offload: bo
         server, link = topo.agent("stack" if offload else "stack-nooffload"), topo.stack_link(offload)
     server.pin(ALL_CPUS)
     before = server.request("stats")
-    args = ["bulk", *client_args, "--target", link.target("discard")]
-    args += ["--bytes", str(size), "--timeout", str(plan.bulk_timeout)]
-    result = topo.run_client(link.client_ns, args, f"bulk-{side}", plan.bulk_timeout + CLIENT_SLACK)
+    result = _transfer(topo, link, [*client_args, "--target", link.target("discard")], size, plan, side)
     server_cpu = server.request("stats")["cpu"] - before["cpu"]
     gigabytes = result["bytes"] / 1e9
     softirq = result["softirq"] if topo.irq_time_accounting else result["ksoftirqd"]
     cpu = result["cpu"] + server_cpu + softirq
     return {
-        "throughput": result["bytes"] * 8 / result["seconds"] / 1e9,
+        "throughput": _gbits(result),
         "cpu_per_gb": cpu / gigabytes,
         "client_cpu": result["cpu"],
         "server_cpu": server_cpu,
         **{key: result[key] for key in ("softirq", "ksoftirqd", "bytes", "seconds", "truncated")},
     }
+
+
+def _transfer(
+    topo: Topology, link: Link, args: list[str], size: int, plan: Plan, label: str
+) -> dict[str, Any]:
+    """One bulk client run of ``size`` bytes (bounded by plan.bulk_timeout) in the link's namespace."""
+    args = ["bulk", *args, "--bytes", str(size), "--timeout", str(plan.bulk_timeout)]
+    return topo.run_client(link.client_ns, args, f"bulk-{label}", plan.bulk_timeout + CLIENT_SLACK)
+
+
+def _gbits(result: dict[str, Any]) -> float:
+    return float(result["bytes"] * 8 / result["seconds"] / 1e9)
 
 
 def _transactions(
@@ -170,6 +188,13 @@ def _transactions(
         server, link = _kernel_side(topo, offload)
     else:
         server, link = topo.agent("stack" if offload else "stack-nooffload"), topo.stack_link(offload)
+    return _transact(topo, server, link, plan, program, placement, f"{program}-{side}")
+
+
+def _transact(
+    topo: Topology, server: PeerProcess, link: Link, plan: Plan, program: str, placement: str, label: str
+) -> dict[str, Any]:
+    """One crr or rr client run against ``server`` for plan.duration, placed as ``placement`` says."""
     pinning = PLACEMENTS[placement]
     args = [program, "--backend", "kernel", "--target", link.target(program)]
     args += ["--duration", str(plan.duration)]
@@ -178,10 +203,25 @@ def _transactions(
         args += ["--cpu", str(pinning[1])]
     try:
         timeout = WARMUP + plan.duration + CLIENT_SLACK
-        result = topo.run_client(link.client_ns, args, f"{program}-{side}", timeout)
+        result = topo.run_client(link.client_ns, args, label, timeout)
     finally:
         server.pin(ALL_CPUS)
     return {"rate": result["count"] / result["seconds"], **result}
+
+
+def _forward_bulk(topo: Topology, side: Side, plan: Plan, *, direction: str) -> dict[str, Any]:
+    """A transfer through the forwarder (stack side) or routed by the kernel (kernel side)."""
+    topo.agent("forward")  # up (or restarted) before the client connects
+    link = topo.forward_link(through_forwarder=side == "stack")
+    service = "discard" if direction == "up" else "source"
+    args = ["--backend", "kernel", "--direction", direction, "--target", link.target(service)]
+    result = _transfer(topo, link, args, plan.bulk_bytes, plan, f"forward-{direction}-{side}")
+    return {"throughput": _gbits(result), **result}
+
+
+def _forward_crr(topo: Topology, side: Side, plan: Plan) -> dict[str, Any]:
+    server, link = topo.agent("forward"), topo.forward_link(through_forwarder=side == "stack")
+    return _transact(topo, server, link, plan, "crr", "free", f"forward-crr-{side}")
 
 
 def _memory(topo: Topology, side: Side, plan: Plan) -> dict[str, Any]:
@@ -216,6 +256,9 @@ _CPU_PER_GB = Metric("cpu_per_gb", "CPU per GB", "CPU s/GB", "lower")
 _P50 = Metric("p50_us", "latency p50", "us", "lower")
 _P99 = Metric("p99_us", "latency p99", "us", "lower")
 _MEMORY_CEILING = Target("stack_max", 16384)
+#: Issue 6: forwarder bulk at 0.3 of the kernel routing the same traffic at least, 0.6 the goal (the
+#: issue sets no floor for forwarder CRR: it is reported only).
+_FORWARD_TARGET = Target("ratio_min", 0.3, goal=0.6)
 
 
 def _catalogue(plan: Plan) -> dict[str, list[Variant]]:
@@ -251,6 +294,27 @@ def _catalogue(plan: Plan) -> dict[str, list[Variant]]:
             measure = partial(_transactions, program=program, placement=placement, offload=offload)
             variants.append(Variant(program, label, placement, offload, metrics, measure))
         scenarios[program] = variants
+    scenarios["forwarder"] = [
+        Variant(
+            "forwarder",
+            f"bulk {direction}",
+            "free",
+            True,
+            (Metric("throughput", "throughput", "Gbit/s", "higher", _FORWARD_TARGET),),
+            partial(_forward_bulk, direction=direction),
+        )
+        for direction in ("up", "down")
+    ]
+    scenarios["forwarder"].append(
+        Variant(
+            "forwarder",
+            "crr",
+            "free",
+            True,
+            (Metric("rate", "rate", "conn/s", "higher", None),),
+            _forward_crr,
+        )
+    )
     scenarios["memory"] = [
         Variant(
             "memory",

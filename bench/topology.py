@@ -8,7 +8,12 @@ SIGTERM into KeyboardInterrupt so this holds for ``kill`` too):
 - ``ss``: the stack servers' TUN devices (SERVER_TUNS, MEMORY_TUN: kernel side .1, stack .2 of their own
   /24) and the kernel clients that drive them;
 - ``sc``: a kernel server (the receiver for bulk transfers out of the stack) and the TUN device of each
-  short-lived stack client (CLIENT_TUN).
+  short-lived stack client (CLIENT_TUN);
+- for the forwarder scenario, on first use: pytcp.forwarder.topology()'s client, upstream and server
+  namespaces, with the forwarder itself running in this process (its runtime's loop thread) as in the
+  tests. A kernel client in its client namespace reaches one kernel server agent in its server namespace
+  either through the forwarder (TUN, pytcp, a kernel socket in the upstream namespace) or routed by the
+  kernel across the same namespaces (veth pairs, IP forwarding in the upstream namespace).
 
 Every address comes from 198.18.0.0/15 (RFC 2544's benchmarking range). Peer processes (bench.peer) run
 inside a namespace through ``NetNamespace.popen``, which kills them by PID when the namespace closes.
@@ -33,6 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from pytcp.forwarder import Topology as ForwarderTopology
+from pytcp.forwarder import topology as forwarder_topology
 from pytcp.netns import NetNamespace, require_privileges, veth_pair
 
 from .peer import PORTS
@@ -212,6 +219,9 @@ class Topology:
         self._agents: dict[str, PeerProcess] = {}
         self._log_dir = Path(tempfile.mkdtemp(prefix="pytcp-bench-"))
         self._veth_offload = True
+        #: Holds the forwarder's network once built (see ``forwarder``); closed before our namespaces.
+        self._forwarder_exit = contextlib.ExitStack()
+        self._forwarder: ForwarderTopology | None = None
         self.notes: list[str] = []
         self.irq_time_accounting = irq_time_accounting()
         if self.irq_time_accounting is None:
@@ -231,9 +241,7 @@ class Topology:
                 prefix_len=PREFIX_LEN,
             )
             for ns in (self.kc, self.ss, self.sc):
-                # Per-namespace sysctls (net.ipv4.*), so nothing outside our namespaces changes.
-                ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_port_range={PORT_RANGE}"])
-                ns.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+                _widen_ports(ns)
         except BaseException:
             self.close()
             raise
@@ -256,6 +264,11 @@ class Topology:
             except Exception as exc:  # keep going: the namespaces must go whatever happened
                 logger.warning("closing %s: %s", agent.label, exc)
         self._agents.clear()
+        try:
+            self._forwarder_exit.close()  # stops the forwarder and deletes its namespaces
+        except Exception as exc:
+            logger.error("could not tear down the forwarder's network: %s", exc)
+        self._forwarder = None
         for ns in reversed(self._namespaces):
             try:
                 ns.close()
@@ -284,7 +297,8 @@ class Topology:
 
     def agent(self, kind: str) -> PeerProcess:
         """A long-lived server, started on first use and restarted if it died: ``kernel`` (in ks),
-        ``sink`` (kernel, in sc), ``stack`` and ``stack-nooffload`` (in ss)."""
+        ``sink`` (kernel, in sc), ``stack`` and ``stack-nooffload`` (in ss), ``forward`` (kernel, in the
+        forwarder network's server namespace)."""
         agent = self._agents.get(kind)
         if agent is not None and agent.process.poll() is None:
             return agent
@@ -295,6 +309,8 @@ class Topology:
             agent = self.start_server(self.ks, ["--backend", "kernel"], kind)
         elif kind == "sink":
             agent = self.start_server(self.sc, ["--backend", "kernel"], kind)
+        elif kind == "forward":
+            agent = self.start_server(self.forwarder().server, ["--backend", "kernel"], kind)
         elif kind in ("stack", "stack-nooffload"):
             offload = kind == "stack"
             agent = self.start_server(self.ss, SERVER_TUNS[offload].peer_args(offload), kind)
@@ -314,6 +330,25 @@ class Topology:
     def stack_client(self, offload: bool) -> tuple[list[str], Link]:
         """bench.peer options for a stack client in sc, and its way to the ``sink`` agent there."""
         return CLIENT_TUN.peer_args(offload), Link(self.sc, CLIENT_TUN.kernel_address)
+
+    def forwarder(self) -> ForwarderTopology:
+        """The forwarder's network and its running forwarder (default options, offloads on, MTU 1500),
+        built on first use and kept for the rest of the run."""
+        if self._forwarder is None:
+            built = self._forwarder_exit.enter_context(forwarder_topology())
+            # The client's connections, and the forwarder's upstream ones, at CRR rates.
+            for ns in (built.client, built.upstream):
+                _widen_ports(ns)
+            self._forwarder = built
+        return self._forwarder
+
+    def forward_link(self, through_forwarder: bool) -> Link:
+        """From the forwarder network's client namespace to the ``forward`` agent: through the forwarder
+        (its forwarded address) or routed by the kernel (its routed address)."""
+        built = self.forwarder()
+        address = built.forwarded_address if through_forwarder else built.routed_address
+        assert address is not None  # built with the kernel path
+        return Link(built.client, address)
 
     def memory_server(self, stack: bool) -> tuple[PeerProcess, Link]:
         """A fresh server (its RSS growth is the measurement) and the way to it; the caller closes it."""
@@ -347,6 +382,12 @@ class Topology:
             ns.run(["ethtool", "-K", dev, *settings])
         self._veth_offload = on
         return True
+
+
+def _widen_ports(ns: NetNamespace) -> None:
+    # Per-namespace sysctls (net.ipv4.*), so nothing outside our namespaces changes.
+    ns.run(["sysctl", "-qw", f"net.ipv4.ip_local_port_range={PORT_RANGE}"])
+    ns.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
 
 
 def slab_bytes() -> int:

@@ -29,8 +29,9 @@ TIMEOUT = 60.0
 #: installed pytcp is still the one tested), as the harness does for its own peer processes.
 _BOOT = f"import sys; sys.path.append({str(ROOT)!r}); from bench.__main__ import main; sys.exit(main())"
 BENCH = [sys.executable, "-c", _BOOT]
-SCENARIOS = {"bulk-in", "bulk-out", "crr", "rr", "memory"}
-_OURS = re.compile(r"pytcp-bench_\w+-(\d+)-\d+")
+SCENARIOS = {"bulk-in", "bulk-out", "crr", "rr", "forwarder", "memory"}
+#: The harness's namespaces and those of the forwarder network it builds (pytcp.forwarder.topology).
+_OURS = re.compile(r"pytcp-(?:bench_\w+|fwd[cus])-(\d+)-\d+")
 
 
 @pytest.fixture
@@ -80,10 +81,17 @@ def test_smoke_run_writes_both_figures_for_every_row(privileged: None, tmp_path:
         assert row["ratio"] == pytest.approx(row["stack"]["median"] / row["kernel"]["median"])
         assert row["unit"] and row["placement"] in ("free", "one CPU", "across CPUs")
     assert any(row["meets"] is not None for row in rows)  # the targets are evaluated
+    # The forwarder against kernel routing: bulk both ways with the floor and goal, CRR reported.
+    forwarded = {row["variant"]: row for row in rows if row["scenario"] == "forwarder"}
+    assert set(forwarded) == {"bulk up", "bulk down", "crr"}
+    bulk = [forwarded["bulk up"], forwarded["bulk down"]]
+    assert all(row["target"]["goal"] > row["target"]["value"] for row in bulk)
+    assert forwarded["crr"]["target"] is None
 
     table = (tmp_path / "kernel-smoke.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header and one line per row (after the separator)
     assert "| scenario | metric | stack | kernel | stack/kernel | target |" in table
+    assert table.count("; goal ") == len(bulk)
     assert table.split("\n\n", 1)[1] in out  # printed too, without the file's command line
     png = (tmp_path / "kernel-smoke.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
