@@ -372,34 +372,38 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "removes the device and exits 0. `pytcp connections` and `pytcp counters` read a running server "
         "through --control.",
     )
-    p.add_argument(
-        "--tun", type=_ifname, default="pytcp0", metavar="NAME", help="device name (default pytcp0)"
+    _add_device_options(
+        p,
+        address="the stack's address",
+        prefix="prefix routed into the device (default 15: 198.18.0.0/15, RFC 2544's benchmarking range)",
+        mtu="device MTU (default 1500)",
     )
-    p.add_argument("--address", type=_ipv4, default=_ipv4("198.18.0.2"), help="the stack's address")
-    p.add_argument(
-        "--peer-address", type=_ipv4, default=_ipv4("198.18.0.1"), help="the kernel's address on the device"
-    )
-    p.add_argument(
-        "--prefix-length",
-        type=_bounded_int(1, 32),
-        default=15,
-        metavar="N",
-        help="prefix routed into the device (default 15: 198.18.0.0/15, RFC 2544's benchmarking range)",
-    )
-    p.add_argument(
-        "--mtu",
-        type=_bounded_int(_MTU_MIN, _MTU_MAX),
-        default=1500,
-        metavar="N",
-        help="device MTU (default 1500)",
-    )
-    p.add_argument(
-        "--no-offload", action="store_true", help="no virtio-net offloads: verify every checksum, no GSO"
-    )
-    p.add_argument("--pcap", metavar="FILE", help="write every packet to a pcap file")
     p.add_argument("--echo", type=_port, metavar="PORT", help="serve echo on PORT")
     p.add_argument("--discard", type=_port, metavar="PORT", help="serve discard on PORT")
     p.add_argument("--http", type=_port, metavar="PORT", help="serve HTTP on PORT")
+    _add_knob_options(p, "connections/counters")
+    p.set_defaults(run=_run_serve)
+
+
+def _add_device_options(p: argparse.ArgumentParser, *, address: str, prefix: str, mtu: str) -> None:
+    """The TUN device options ``serve`` and ``forward`` share (what ``_open_runtime`` reads)."""
+    p.add_argument(
+        "--tun", type=_ifname, default="pytcp0", metavar="NAME", help="device name (default pytcp0)"
+    )
+    p.add_argument("--address", type=_ipv4, default=_ipv4("198.18.0.2"), help=address)
+    p.add_argument(
+        "--peer-address", type=_ipv4, default=_ipv4("198.18.0.1"), help="the kernel's address on the device"
+    )
+    p.add_argument("--prefix-length", type=_bounded_int(1, 32), default=15, metavar="N", help=prefix)
+    p.add_argument("--mtu", type=_bounded_int(_MTU_MIN, _MTU_MAX), default=1500, metavar="N", help=mtu)
+    p.add_argument(
+        "--no-offload", action="store_true", help="no virtio-net offloads: verify every checksum, no GSO"
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write every packet on the device to a pcap file")
+
+
+def _add_knob_options(p: argparse.ArgumentParser, commands: str) -> None:
+    """--config, --set and --control, as ``serve`` and ``forward`` take them."""
     p.add_argument("--config", metavar="FILE", help="TOML file of TCP knobs (see `pytcp config`)")
     p.add_argument(
         "--set",
@@ -413,9 +417,8 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--control",
         metavar="PATH",
-        help=f"control socket for connections/counters (default {_RUN_DIR}/NAME.sock)",
+        help=f"control socket for {commands} (default {_RUN_DIR}/NAME.sock)",
     )
-    p.set_defaults(run=_run_serve)
 
 
 def _check_addresses(args: argparse.Namespace) -> None:
@@ -627,19 +630,11 @@ def _add_forward(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "line when ready; SIGINT or SIGTERM resets the flows, removes the device and exits 0. `pytcp flows` "
         "and `pytcp counters` read a running forwarder through --control.",
     )
-    p.add_argument(
-        "--tun", type=_ifname, default="pytcp0", metavar="NAME", help="device name (default pytcp0)"
-    )
-    p.add_argument("--address", type=_ipv4, default=_ipv4("198.18.0.2"), help="the stack's own address")
-    p.add_argument(
-        "--peer-address", type=_ipv4, default=_ipv4("198.18.0.1"), help="the kernel's address on the device"
-    )
-    p.add_argument(
-        "--prefix-length",
-        type=_bounded_int(1, 32),
-        default=15,
-        metavar="N",
-        help="prefix of the device's own addresses (default 15)",
+    _add_device_options(
+        p,
+        address="the stack's own address",
+        prefix="prefix of the device's own addresses (default 15)",
+        mtu="device MTU; the announced MSS is MTU - 40 (default 1500)",
     )
     p.add_argument(
         "--upstream",
@@ -667,16 +662,6 @@ def _add_forward(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument(
         "--mark", type=_bounded_int(0, 0xFFFFFFFF), metavar="N", help="SO_MARK of upstream sockets"
-    )
-    p.add_argument(
-        "--mtu",
-        type=_bounded_int(_MTU_MIN, _MTU_MAX),
-        default=1500,
-        metavar="N",
-        help="device MTU; the announced MSS is MTU - 40 (default 1500)",
-    )
-    p.add_argument(
-        "--no-offload", action="store_true", help="no virtio-net offloads: verify every checksum, no GSO"
     )
     p.add_argument(
         "--max-sessions",
@@ -711,22 +696,7 @@ def _add_forward(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="refuse with a RST only (default: ICMP unreachable for unreachable destinations and timeouts)",
     )
-    p.add_argument("--pcap", metavar="FILE", help="write every packet on the device to a pcap file")
-    p.add_argument("--config", metavar="FILE", help="TOML file of TCP knobs (see `pytcp config`)")
-    p.add_argument(
-        "--set",
-        dest="settings",
-        type=_setting,
-        action="append",
-        default=[],
-        metavar="KNOB=VALUE",
-        help="set one knob, after --config; repeatable",
-    )
-    p.add_argument(
-        "--control",
-        metavar="PATH",
-        help=f"control socket for flows/connections/counters (default {_RUN_DIR}/NAME.sock)",
-    )
+    _add_knob_options(p, "flows/connections/counters")
     p.set_defaults(run=_run_forward)
 
     f = subparsers.add_parser(
