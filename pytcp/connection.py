@@ -30,8 +30,8 @@ from .timers import TimerKind
 
 __all__ = ["ChallengeAckLimiter", "Connection", "TCPInfo"]
 
-_SEND_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT})
-_READ_STATES = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
+_SEND_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT)
+_READ_STATES = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
 # RFC 9293 3.10.5 ABORT: these states tell the peer with a RST; the others just delete the TCB.
 _ABORT_RST_STATES = frozenset(
     {State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT}

@@ -154,7 +154,7 @@ class Stack:
         key = (ip.dst, seg.dst_port, ip.src, seg.src_port)
         conn = self._conns.get(key)
         if conn is not None:
-            if not self._time_wait_takeover(conn, key, seg, now):
+            if seg.flags & (SYN | ACK | RST) != SYN or not self._time_wait_takeover(conn, key, seg, now):
                 self._deliver(conn, key, seg, now)
             return
         listener = self._listeners.get((ip.dst, seg.dst_port)) or self._interceptor(ip.dst)
@@ -428,9 +428,9 @@ class Stack:
 
     def _wake(self, conn: Connection) -> None:
         """Every connection's wake hook: an application call (or the stack's own connect / accept_syn /
-        abort) queued output or moved its deadline; poll it next and re-push its timer."""
+        abort) queued output or moved its deadline; poll it next. Its timer is re-pushed with the other
+        dirty connections' before the heap is next read (datagrams_to_send, get_timer, handle_timer)."""
         self._dirty[conn] = None
-        self._sync_timer(conn)
 
     def _emit(self, event: Event) -> None:
         """The connections' event callback: table upkeep, then the event goes to the application."""
@@ -515,7 +515,7 @@ class Stack:
         TIME-WAIT opens a new incarnation when a listener exists and the SYN is newer than anything of
         the old one (sequence number beyond RCV.NXT, or a newer timestamp). The old TCB goes; the SYN is
         then processed by the listener. Returns True when the SYN was taken over."""
-        if conn.state is not State.TIME_WAIT or seg.flags & (SYN | ACK | RST) != SYN:
+        if conn.state is not State.TIME_WAIT:  # the caller checked the flags
             return False
         listener = self._listeners.get((key[0], key[1])) or self._interceptor(key[0])
         if listener is None:

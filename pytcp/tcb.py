@@ -39,8 +39,10 @@ MIN_SND_MSS = 48
 PAWS_IDLE = 24 * 86400.0
 
 _ESTABLISHED_LIKE = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # RFC 4022 tcpCurrEstab
-_SYN_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
-_KEEPALIVE_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2})
+# Per-packet state sets are tuples: membership tests identity first and never calls Enum.__hash__ (a
+# Python function) as a frozenset would.
+_SYN_STATES = (State.SYN_SENT, State.SYN_RECEIVED)
+_KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
 
 
 def _no_wake(conn: Connection) -> None:

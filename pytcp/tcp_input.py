@@ -13,6 +13,7 @@ from errno import ECONNREFUSED, ECONNRESET
 from tcpcore import (
     ACK,
     FIN,
+    PSH,
     RST,
     SYN,
     TCPSegment,
@@ -27,7 +28,7 @@ from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 
 from . import events
 from .icmp import IcmpError, IcmpErrorKind
-from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER
+from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER, Receiver
 from .recovery import Phase
 from .sender import Segment
 from .state import Event, State
@@ -36,8 +37,17 @@ from .timers import TimerKind
 
 __all__ = ["InputMixin"]
 
-_TEXT_STATES = frozenset({State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2})
-_HANDSHAKE_STATES = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
+_TEXT_STATES = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+_HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED)
+# Header prediction's states (_predicted), the common one first: tuple membership tests identity in order.
+_PREDICTABLE = (
+    State.ESTABLISHED,
+    State.CLOSE_WAIT,
+    State.FIN_WAIT_1,
+    State.FIN_WAIT_2,
+    State.CLOSING,
+    State.LAST_ACK,
+)
 # Half of the 32-bit timestamp space: a TSecr "older" than this is from another epoch, not an RTT.
 _TS_HALF = 1 << 31
 
@@ -146,74 +156,15 @@ class InputMixin(TCB):
         flags = seg.flags
         seq = seg.seq
         n = seg.payload_length
-        if state is State.SYN_RECEIVED and seq == self.irs:
-            syn_flags = flags & (SYN | ACK | RST)
-            if syn_flags == SYN:
-                # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
-                self._syn_pending = 2
+        if self._predicted(seg, state, flags, seq, n, rcv):
+            self._last_rcv = now  # as _input_checks does
+            self._probes = 0
+            drop_text = False
+        else:
+            verdict = self._input_checks(seg, now, state, flags, seq, n, rcv)
+            if verdict is None:
                 return
-            if syn_flags == SYN | ACK and not self._passive and seg.ack == self.snd_nxt:
-                # Simultaneous open: the peer's SYN-ACK acknowledges our SYN. RFC 5961 4.2 would
-                # challenge it as a SYN; Linux tcp_validate_incoming lets it complete the handshake.
-                self._syn_acked(seg, seg.window, now)  # a SYN's window is never scaled (RFC 7323 2.2)
-                return
-        seglen = n + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        rcv_nxt = rcv.rcv_nxt
-        if self.ts_ok and seg.has_timestamps and not flags & RST and self._paws_reject(seg, now):
-            # RFC 7323 5.3 R1: an old duplicate by its timestamp; ACK and drop.
-            self.mib.PAWSEstab += 1
-            self._reply_to_invalid(seg, now, "TCPACKSkippedPAWS")
-            return
-        # Any segment from the peer shows it is alive (RFC 1122 4.2.3.6: keep-alive idle time; the
-        # unanswered-probe count of keep-alive and zero-window probing alike).
-        self._last_rcv = now
-        self._probes = 0
-        if state is State.TIME_WAIT and flags & (FIN | RST | SYN) == FIN and seq_add(seq, seglen) == rcv_nxt:
-            # RFC 9293 3.10.7.4 eighth: the peer retransmitted its FIN (our ACK was lost): ACK it again
-            # and restart the 2 MSL timeout.
-            self._ack_now = True
-            self.timers.arm(TimerKind.TIME_WAIT, now + self.config.time_wait)
-            return
-        wnd = rcv.wnd
-        drop_text = False
-        if not acceptable(seq, seglen, rcv_nxt, wnd):
-            if wnd == 0 and seq == rcv_nxt and not flags & SYN:
-                # RFC 9293 3.10.7.4: with a zero window "special allowance should be made to accept
-                # valid ACKs, URGs, and RSTs"; the text is dropped (Linux TCPZeroWindowDrop).
-                drop_text = True
-            else:
-                self.mib.TCPInvalidSequence += 1
-                if flags & RST:
-                    return
-                if flags & SYN:
-                    self._syn_challenge(now)
-                    return
-                if n and self.sack_ok and self.config.dsack and seq_le(seq_add(seq, n), rcv_nxt):
-                    rcv.dsack = (seq, seq_add(seq, n))  # RFC 2883 4: a duplicate, reported once
-                self._reply_to_invalid(seg, now, "TCPACKSkippedSeq")  # "send an acknowledgment in reply"
-                return
-        if flags & RST:
-            if state is State.TIME_WAIT:
-                return  # RFC 1337 TIME-WAIT assassination fix: ignore RST in TIME-WAIT
-            if seq == rcv_nxt:
-                self._on_reset(now)  # RFC 5961 3.2: exactly RCV.NXT
-            else:
-                self._challenge_ack(now)  # RFC 5961 3.2: in the window, not exact
-            return
-        if flags & SYN:
-            if state is State.SYN_RECEIVED and self._passive:
-                # RFC 9293 3.10.7.4 fourth check: a passive open returns to LISTEN (the child goes).
-                self._passive_reset(now, "rcv SYN")
-            else:
-                self._syn_challenge(now)  # RFC 5961 4.2: any SYN in a synchronized state
-            return
-        if not flags & ACK:
-            return  # fifth check: "if the ACK bit is off, drop the segment and return"
-        if state is State.SYN_RECEIVED:
-            if seq_diff(seg.ack, self.iss) != 1:
-                self._queue_rst(seg.ack, 0, False)  # unacceptable ACK: <SEQ=SEG.ACK><CTL=RST>
-                return
-            self._syn_acked(seg, seg.window << self.snd_wscale, now)
+            drop_text = verdict
         if not self._input_ack(seg, now):
             return
         if self.ts_ok and seg.has_timestamps:
@@ -245,6 +196,96 @@ class InputMixin(TCB):
             self._ack_now = True  # text or FIN after the peer's FIN: a duplicate; ACK it
         if fin_acked_now:
             self._apply(Event.RCV_ACK_OF_FIN, now)
+
+    def _predicted(self, seg: TCPSegment, state: State, flags: int, seq: int, n: int, rcv: Receiver) -> bool:
+        """Header prediction (Van Jacobson's, which RFC 9293 3.10.7 mentions; Linux tcp_rcv_established's
+        fast path): a segment at RCV.NXT with no flag but ACK (and PSH), room for its text, and with
+        timestamps a TSval not older than TS.Recent. In a state without checks of its own before the
+        ACK field (_PREDICTABLE: not SYN-RECEIVED or TIME-WAIT), every check of _input_checks passes for
+        it by construction, so it goes straight to the ACK field; everything after is the same code."""
+        if state not in _PREDICTABLE or flags & ~PSH != ACK or seq != rcv.rcv_nxt:
+            return False
+        if n and not rcv.wnd:
+            return False  # zero window: the text is dropped
+        if self.ts_ok and seg.has_timestamps:
+            recent = self.ts_recent
+            return recent is None or seq_diff(recent, seg.ts_val) <= 0  # PAWS (_paws_reject) passes
+        return True
+
+    def _input_checks(
+        self, seg: TCPSegment, now: float, state: State, flags: int, seq: int, n: int, rcv: Receiver
+    ) -> bool | None:
+        """RFC 9293 3.10.7.4 first to fifth checks up to the ACK field, with RFC 7323 PAWS and RFC 5961:
+        None drops the segment (after any reply), else whether its text must be dropped (zero window)."""
+        if state is State.SYN_RECEIVED and seq == self.irs:
+            syn_flags = flags & (SYN | ACK | RST)
+            if syn_flags == SYN:
+                # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
+                self._syn_pending = 2
+                return None
+            if syn_flags == SYN | ACK and not self._passive and seg.ack == self.snd_nxt:
+                # Simultaneous open: the peer's SYN-ACK acknowledges our SYN. RFC 5961 4.2 would
+                # challenge it as a SYN; Linux tcp_validate_incoming lets it complete the handshake.
+                self._syn_acked(seg, seg.window, now)  # a SYN's window is never scaled (RFC 7323 2.2)
+                return None
+        seglen = n + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        rcv_nxt = rcv.rcv_nxt
+        if self.ts_ok and seg.has_timestamps and not flags & RST and self._paws_reject(seg, now):
+            # RFC 7323 5.3 R1: an old duplicate by its timestamp; ACK and drop.
+            self.mib.PAWSEstab += 1
+            self._reply_to_invalid(seg, now, "TCPACKSkippedPAWS")
+            return None
+        # Any segment from the peer shows it is alive (RFC 1122 4.2.3.6: keep-alive idle time; the
+        # unanswered-probe count of keep-alive and zero-window probing alike).
+        self._last_rcv = now
+        self._probes = 0
+        if state is State.TIME_WAIT and flags & (FIN | RST | SYN) == FIN and seq_add(seq, seglen) == rcv_nxt:
+            # RFC 9293 3.10.7.4 eighth: the peer retransmitted its FIN (our ACK was lost): ACK it again
+            # and restart the 2 MSL timeout.
+            self._ack_now = True
+            self.timers.arm(TimerKind.TIME_WAIT, now + self.config.time_wait)
+            return None
+        wnd = rcv.wnd
+        drop_text = False
+        if not acceptable(seq, seglen, rcv_nxt, wnd):
+            if wnd == 0 and seq == rcv_nxt and not flags & SYN:
+                # RFC 9293 3.10.7.4: with a zero window "special allowance should be made to accept
+                # valid ACKs, URGs, and RSTs"; the text is dropped (Linux TCPZeroWindowDrop).
+                drop_text = True
+            else:
+                self.mib.TCPInvalidSequence += 1
+                if flags & RST:
+                    return None
+                if flags & SYN:
+                    self._syn_challenge(now)
+                    return None
+                if n and self.sack_ok and self.config.dsack and seq_le(seq_add(seq, n), rcv_nxt):
+                    rcv.dsack = (seq, seq_add(seq, n))  # RFC 2883 4: a duplicate, reported once
+                self._reply_to_invalid(seg, now, "TCPACKSkippedSeq")  # "send an acknowledgment in reply"
+                return None
+        if flags & RST:
+            if state is State.TIME_WAIT:
+                return None  # RFC 1337 TIME-WAIT assassination fix: ignore RST in TIME-WAIT
+            if seq == rcv_nxt:
+                self._on_reset(now)  # RFC 5961 3.2: exactly RCV.NXT
+            else:
+                self._challenge_ack(now)  # RFC 5961 3.2: in the window, not exact
+            return None
+        if flags & SYN:
+            if state is State.SYN_RECEIVED and self._passive:
+                # RFC 9293 3.10.7.4 fourth check: a passive open returns to LISTEN (the child goes).
+                self._passive_reset(now, "rcv SYN")
+            else:
+                self._syn_challenge(now)  # RFC 5961 4.2: any SYN in a synchronized state
+            return None
+        if not flags & ACK:
+            return None  # fifth check: "if the ACK bit is off, drop the segment and return"
+        if state is State.SYN_RECEIVED:
+            if seq_diff(seg.ack, self.iss) != 1:
+                self._queue_rst(seg.ack, 0, False)  # unacceptable ACK: <SEQ=SEG.ACK><CTL=RST>
+                return None
+            self._syn_acked(seg, seg.window << self.snd_wscale, now)
+        return drop_text
 
     def _syn_acked(self, seg: TCPSegment, wnd: int, now: float) -> None:
         """SYN-RECEIVED: ``seg`` acknowledges our SYN (RFC 9293 3.10.7.4 fifth check) with window ``wnd``."""

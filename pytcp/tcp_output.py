@@ -170,7 +170,7 @@ class OutputMixin(TCB):
             )
         pending: Segment | None = None
         pending_mss = base
-        while True:
+        while snd.lost_bytes or snd.nxt != fin_end or sack_recovery:  # as the test above
             limit = table[rcv.sack_count(max_blocks)] if max_blocks else base
             # SACK blocks take room from every piece: whole pieces of ``limit`` bytes (tcp_tso_autosize).
             size_goal = (gso_room - base + limit) // limit * limit
