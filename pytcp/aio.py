@@ -2,18 +2,27 @@
 the loop's ``create_connection`` / ``create_server``) whose streams are real asyncio.StreamReader and
 StreamWriter objects, driven by :class:`StackTransport`, an asyncio.Transport over one engine Connection.
 
-Each connection has two halves, one per thread:
+Each connection has two halves:
 
-- the runtime's loop thread owns the engine. A ``_Channel`` there moves bytes between the Connection and
-  the transport: it puts written bytes into the send buffer as space frees up (Writable events), pulls
-  received bytes (DataReadable), and reports end of file, errors and the end of the connection. It
-  reaches the asyncio loop only through ``loop.call_soon_threadsafe``.
-- the asyncio loop owns the StackTransport and its protocol. The transport reaches the engine only
-  through ``runtime.call``, whose calls run in order, so writes, write_eof and close keep theirs.
+- a ``_Channel`` lives in the engine's sections (under the runtime's engine lock, on whichever thread
+  holds it). It moves bytes between the Connection and the transport: it puts written bytes into the
+  send buffer as space frees up (Writable events), pulls received bytes (DataReadable), and reports end
+  of file, errors and the end of the connection. It reaches the asyncio loop only by posting callbacks
+  (``loop.call_soon_threadsafe``; plain ``call_soon`` when the section runs on the asyncio thread), so no
+  protocol code ever runs under the engine lock and a section never waits for the asyncio loop.
+- the asyncio loop owns the StackTransport and its protocol. The transport runs its channel's methods
+  on the asyncio thread itself, each in one section (``runtime.run``, never across an ``await``): a
+  write leaves from the asyncio thread with no hand-off to the loop thread, as a kernel socket's send
+  does, and writes, write_eof and close keep their order.
+
+When the runtime ends (stopped, or its loop thread died), a watcher thread per runtime ends every
+transport still open with RuntimeNotRunning (ENETDOWN) and closes its Servers, so pending reads and
+drains fail instead of hanging.
 
 Flow control is bounded both ways:
 
-- sending: ``write`` counts its bytes until the channel reports them taken by the send buffer; above the
+- sending: ``write`` counts the bytes the send buffer did not take at once until the channel reports
+  them taken; above the
   high-water mark the protocol is paused (``StreamWriter.drain`` blocks) until they fall to the low mark.
   As with asyncio's own transports, ``write`` never refuses data: a writer that ignores ``drain`` keeps
   buffering (its bytes objects are referenced, bytearrays copied), one that drains stays within the marks.
@@ -38,8 +47,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .addresses import dotted, parse_endpoint
 from .events import (
@@ -53,10 +61,11 @@ from .events import (
     PeerClosed,
     Writable,
 )
+from .runtime import RuntimeNotRunning
 
 if TYPE_CHECKING:
     from .connection import Connection, TCPInfo
-    from .runtime import StackRuntime
+    from .runtime import StackRuntime, Waiter
     from .socket import Socket
 
 __all__ = [
@@ -72,6 +81,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Bytes per Connection.recv: asyncio's selector transports read up to 256 KiB per recv (max_size).
 READ_CHUNK: Final = 256 * 1024
 #: Received bytes on their way to the protocol (queued in the asyncio loop, not yet handed over). Two
@@ -81,10 +92,6 @@ READ_AHEAD: Final = 2 * READ_CHUNK
 DEFAULT_HIGH_WATER: Final = 64 * 1024
 #: asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES: writes on a lost connection before warning.
 LOG_THRESHOLD_FOR_CONNLOST_WRITES: Final = 5
-#: Bound for the two synchronous round trips to the loop thread, get_extra_info('tcp_info') and
-#: Server.close: the call itself takes microseconds, behind at most one wake-up's work on the loop
-#: thread (1024 packets and the queued calls).
-SYNC_TIMEOUT: Final = 1.0
 
 ClientConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
@@ -94,11 +101,11 @@ def _error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-# -- the loop-thread side ----------------------------------------------------------------------------
+# -- the engine side (in sections) --------------------------------------------------------------------
 
 
 class _Dispatcher:
-    """Routes a runtime's events to its channels and acceptors (loop thread); one per runtime."""
+    """Routes a runtime's events to its channels and acceptors (in sections); one per runtime."""
 
     __slots__ = ("acceptors", "channels")
 
@@ -117,23 +124,46 @@ class _Dispatcher:
         if channel is not None:
             channel.on_event(event)
 
+    def watch(self, runtime: StackRuntime) -> None:
+        """In a section: start the thread that ends this runtime's transports and servers when it ends.
+        The loop thread notifies every Waiter as it exits, after a stop or a crash; this one is keyed by
+        the dispatcher, so no event ever notifies it before."""
+        waiter = runtime.watch(self)
+        threading.Thread(
+            target=self._await_end,
+            args=(runtime, waiter, waiter.generation),
+            name=f"pytcp-aio-{runtime.tun.name}",
+            daemon=True,  # as the loop thread: it lives as long as the runtime runs
+        ).start()
+
+    def _await_end(self, runtime: StackRuntime, waiter: Waiter, seen: int) -> None:
+        waiter.wait(seen, None, lambda: runtime.running)
+        # No section runs any more, so these tables only shrink (on the asyncio threads): a snapshot
+        # holds everything left. A graceful stop reported its closes first; _on_lost ignores the rest.
+        for channel in tuple(self.channels.values()):
+            channel.post_end()
+        for acceptor in tuple(self.acceptors.values()):
+            acceptor.post_end()
+
 
 _dispatchers: weakref.WeakKeyDictionary[StackRuntime, _Dispatcher] = weakref.WeakKeyDictionary()
-_dispatchers_lock = threading.Lock()  # several runtimes' loop threads may create theirs at once
+_dispatchers_lock = threading.Lock()  # several runtimes' sections may create theirs at once
 
 
 def _dispatcher(runtime: StackRuntime) -> _Dispatcher:
+    """The runtime's dispatcher (in a section), created and watched on first use."""
     with _dispatchers_lock:
         dispatcher = _dispatchers.get(runtime)
         if dispatcher is None:
             dispatcher = _dispatchers[runtime] = _Dispatcher()
             runtime.add_event_listener(dispatcher.on_event)
+            dispatcher.watch(runtime)
     return dispatcher
 
 
 class _Channel:
-    """The loop-thread half of a StackTransport (see the module docstring); every method runs on the
-    runtime's loop thread, through runtime.call or the dispatcher."""
+    """The engine half of a StackTransport (see the module docstring); every method runs in a section,
+    called by the transport (runtime.run on the asyncio thread) or the dispatcher (any thread)."""
 
     __slots__ = (
         "_closing",
@@ -164,7 +194,7 @@ class _Channel:
         self._ended = False  # the TCB reached CLOSED
         self._done = False  # the transport was told the connection is over (or aborted it)
 
-    # -- from the transport (runtime.call) -----------------------------------------------------------
+    # -- from the transport (runtime.run) ------------------------------------------------------------
 
     def connect(self, address: int, port: int, local_port: int) -> None:
         runtime = self._runtime
@@ -174,22 +204,23 @@ class _Channel:
         self.conn = conn
         _dispatcher(self._runtime).channels[conn] = self
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
+        """Queue ``data``; the bytes the send buffer took at once (the rest are reported by _on_sent)."""
         if self._done:
-            return
+            return 0
         queue = self._queue
         queue.append(memoryview(data))
-        if len(queue) == 1:  # otherwise the send buffer was full: a Writable event resumes the push
-            self._push()
+        # Otherwise the send buffer was full: a Writable event resumes the push.
+        return self._push() if len(queue) == 1 else 0
 
     def write_eof(self) -> None:
         self._eof_pending = True
-        self._push()
+        self._push_and_report()
 
     def close(self) -> None:
         self._closing = True
         self._reading = False
-        self._push()
+        self._push_and_report()
 
     def abort(self) -> None:
         """RST (RFC 9293 3.10.5); the transport reports connection_lost itself."""
@@ -218,7 +249,7 @@ class _Channel:
         if isinstance(event, DataReadable | PeerClosed):
             self._pull()
         elif isinstance(event, Writable):
-            self._push()
+            self._push_and_report()
         elif isinstance(event, Connected):
             conn = event.conn
             self._post(self._transport._on_connected, (dotted(conn.local_addr), conn.local_port))
@@ -253,11 +284,16 @@ class _Channel:
         if self._ended and not conn.readable:
             self._finish(None if self._eof_reported else _error(errno.ECONNABORTED))
 
-    def _push(self) -> None:
-        """Move queued bytes into the send buffer; once it took all: write_eof's FIN, close's close."""
+    def _push_and_report(self) -> None:
+        if sent := self._push():
+            self._post(self._transport._on_sent, sent)
+
+    def _push(self) -> int:
+        """Move queued bytes into the send buffer; once it took all: write_eof's FIN, close's close.
+        Returns the bytes it took, for the caller to report to the transport."""
         conn = self.conn
         if conn is None or self._done:
-            return
+            return 0
         now = self._runtime.now
         queue = self._queue
         sent = 0
@@ -277,15 +313,19 @@ class _Channel:
                 conn.close(now)  # FIN after the queued data; RST if received data was left unread
         except OSError as exc:
             self._finish(exc)
-            return
-        if sent:
-            self._post(self._transport._on_sent, sent)
+            return 0  # the connection is lost: the transport forgets its buffer
         if not queue and self._closing:
             self._finish(None)
+        return sent
 
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the asyncio loop, after this section: never under the engine lock."""
+        loop = self._loop
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
+            if asyncio.events._get_running_loop() is loop:
+                loop.call_soon(fn, *args)  # the asyncio thread's own section: no self-pipe wake-up
+            else:
+                loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:
             # The asyncio loop is closed: nobody is left to serve the connection.
             logger.debug("asyncio loop closed; resetting %r", self.conn)
@@ -303,9 +343,15 @@ class _Channel:
         if self.conn is not None:
             _dispatcher(self._runtime).channels.pop(self.conn, None)
 
+    def post_end(self) -> None:
+        """The runtime ended (the watcher thread): the transport loses the connection."""
+        with contextlib.suppress(RuntimeError):  # the asyncio loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(self._transport._on_lost, RuntimeNotRunning())
+
 
 class _Acceptor:
-    """The loop-thread half of a Server: owns the listening pytcp Socket and accepts its connections."""
+    """The engine half of a Server: owns the listening pytcp Socket and accepts its connections (its
+    methods run in sections)."""
 
     __slots__ = ("_loop", "_port", "_runtime", "_server", "sock")
 
@@ -320,6 +366,9 @@ class _Acceptor:
         """Bind and listen (the socket layer's port choice and address checks), then start accepting."""
         sock = self.sock
         try:
+            # As asyncio.start_server on Unix (reuse_address): connections left on the port by an
+            # earlier server, such as one still in LAST-ACK, do not keep a new one from listening.
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(backlog)
         except BaseException:
@@ -352,6 +401,11 @@ class _Acceptor:
         channel.attach(conn)
         channel._post(self._server._accept, transport)
         channel._pull()  # bytes or a FIN that arrived while it waited in the accept queue
+
+    def post_end(self) -> None:
+        """The runtime ended (the watcher thread): the server closes."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._server.close)
 
 
 # -- the asyncio side --------------------------------------------------------------------------------
@@ -418,11 +472,11 @@ class StackTransport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """'peername' and 'sockname' as (dotted quad, port), 'socket' None, and 'tcp_info': a
-        pytcp.connection.TCPInfo snapshot taken on the loop thread (``default`` if it is gone)."""
+        pytcp.connection.TCPInfo snapshot taken in a section (``default`` if it is gone)."""
         if name == "tcp_info":
             try:
-                info = self._runtime.call(self._channel.info).result(SYNC_TIMEOUT)
-            except (OSError, TimeoutError):
+                info = self._runtime.run(self._channel.info)
+            except OSError:  # RuntimeNotRunning
                 return default
             return default if info is None else info
         return self._extra.get(name, default)
@@ -479,8 +533,9 @@ class StackTransport(asyncio.Transport):
             return
         # A private copy unless immutable: the caller may reuse its buffer as soon as write returns.
         payload = data if isinstance(data, bytes) else bytes(data)
-        self._buffer_size += len(payload)
-        self._call(self._channel.write, payload)
+        # Only what the send buffer did not take at once counts against the marks (its own size bounds
+        # the rest, as a kernel socket's sndbuf does below asyncio's buffer).
+        self._buffer_size += len(payload) - (self._call(self._channel.write, payload) or 0)
         self._maybe_pause_protocol()
 
     def write_eof(self) -> None:
@@ -516,18 +571,14 @@ class StackTransport(asyncio.Transport):
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., object], *args: Any) -> None:
-        self._runtime.call(fn, *args).add_done_callback(self._call_done)
-
-    def _call_done(self, future: Future[object]) -> None:
-        """Any thread: a call that failed (the runtime stopped, its queue overflowed) ends the connection."""
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            # RuntimeError: the asyncio loop is closed, there is no protocol left to tell.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._call_failed, exc)
+    def _call(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """``fn(*args)`` in a section on this (the asyncio) thread. A failure (the runtime stopped) ends
+        the connection from the next loop iteration, as asyncio reports a failed send: None then."""
+        try:
+            return self._runtime.run(fn, *args)
+        except Exception as exc:
+            self._loop.call_soon(self._call_failed, exc)
+            return None
 
     def _call_failed(self, exc: BaseException) -> None:
         if not isinstance(exc, OSError):
@@ -575,7 +626,7 @@ class StackTransport(asyncio.Transport):
         self._made = True
         protocol.connection_made(self)
 
-    # -- posted by the channel (call_soon_threadsafe) --------------------------------------------------
+    # -- posted by the channel -------------------------------------------------------------------------
 
     def _on_connected(self, sockname: tuple[str, int]) -> None:
         waiter, self._waiter = self._waiter, None
@@ -669,14 +720,9 @@ class Server(asyncio.AbstractServer):
             f"<pytcp.aio.Server {self._sockname[0]}:{self._sockname[1]}{' closed' if self._closed else ''}>"
         )
 
-    async def _open(self, host: str, port: int, backlog: int) -> None:
-        try:
-            self._sockname = await asyncio.wrap_future(
-                self._runtime.call(self._acceptor.open, host, port, backlog)
-            )
-        except asyncio.CancelledError:
-            self.close()  # it may have started listening on the loop thread
-            raise
+    def _open(self, host: str, port: int, backlog: int) -> None:
+        # One section: the acceptor is registered before any connection to the port can arrive.
+        self._sockname = self._runtime.run(self._acceptor.open, host, port, backlog)
 
     @property
     def sockets(self) -> tuple[Socket, ...]:
@@ -702,11 +748,9 @@ class Server(asyncio.AbstractServer):
         # Synchronous, as asyncio closes its listening sockets: no connection is accepted after close().
         # A stopped runtime has closed the listener already (RuntimeNotRunning).
         try:
-            self._runtime.call(self._acceptor.close).result(SYNC_TIMEOUT)
+            self._runtime.run(self._acceptor.close)
         except OSError as exc:
             logger.debug("closing %r: %s", self, exc)
-        except TimeoutError:
-            logger.warning("closing %r: the runtime did not answer within %s s", self, SYNC_TIMEOUT)
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
         self._wake_waiters()
@@ -796,7 +840,7 @@ async def create_connection(
     transport._protocol = protocol
     waiter = transport._waiter = loop.create_future()
     try:
-        await asyncio.wrap_future(runtime.call(transport._channel.connect, address, port, local_port))
+        runtime.run(transport._channel.connect, address, port, local_port)
         await waiter
     except BaseException:
         waiter.cancel()  # nobody will read its outcome now
@@ -816,7 +860,7 @@ async def create_server(
     """Listen on ``port`` (0: an ephemeral port) of the stack's address (``host`` None, "", "0.0.0.0"
     or that address), like loop.create_server; ``protocol_factory`` runs for each connection."""
     server = Server(runtime, asyncio.get_running_loop(), protocol_factory)
-    await server._open(host or "", port, backlog)
+    server._open(host or "", port, backlog)
     return server
 
 

@@ -7,6 +7,7 @@ Only 198.18.0.0/15 (RFC 2544 benchmarking) addresses are used; every test is bou
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
@@ -19,7 +20,7 @@ import pytest
 from pytcp import aio
 from pytcp.connection import TCPInfo
 from pytcp.netns import NetNamespace, in_namespace
-from pytcp.runtime import StackRuntime
+from pytcp.runtime import RuntimeNotRunning, StackRuntime
 from pytcp.state import State
 
 pytestmark = pytest.mark.netns
@@ -480,6 +481,56 @@ def test_runtime_stop_ends_the_streams(runtime: StackRuntime, netns: NetNamespac
             writer.close()
             release.set()
             await finished.wait()
+
+    run(main())
+
+
+class _Crash(BaseException):
+    """Escapes the loop thread's reader guard (it catches Exception), as a bug in the loop would."""
+
+
+def test_runtime_crash_ends_the_streams(runtime: StackRuntime, netns: NetNamespace) -> None:
+    """The loop thread dies without a graceful stop: a pending read and a pending drain fail with
+    RuntimeNotRunning (ENETDOWN) instead of hanging, a server stops serving, and a write afterwards
+    fails too."""
+    kernel_rcvbuf = 64 * 1024
+
+    def crash() -> None:
+        raise _Crash("simulated loop-thread failure")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await aio.start_server(runtime, echo)
+        serving = asyncio.create_task(server.serve_forever())
+        with kernel_listener(netns, rcvbuf=kernel_rcvbuf) as listener:
+            reader, writer = await aio.open_connection(runtime, KERNEL, PORT)
+            peer, _ = await loop.sock_accept(listener)
+        with peer:
+            reading = asyncio.create_task(reader.read())
+            writer.write(os.urandom(4 * 1024 * 1024))  # nobody reads it: far above every buffer
+            draining = asyncio.create_task(writer.drain())
+            done, _ = await asyncio.wait([reading, draining, serving], timeout=0.3)
+            assert not done, "the read, the drain and the server should all be pending"
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                await asyncio.wrap_future(runtime.call(runtime.add_reader, fd, crash))
+                os.eventfd_write(fd, 1)
+                for task in (reading, draining):
+                    with pytest.raises(OSError) as caught:
+                        await task
+                    assert isinstance(caught.value, RuntimeNotRunning)
+                    assert caught.value.errno == errno.ENETDOWN
+                with pytest.raises(asyncio.CancelledError):
+                    await serving  # as asyncio's: closing the server ends serve_forever
+            finally:
+                os.close(fd)
+        assert isinstance(runtime.failure, _Crash) and not server.is_serving()
+        writer.write(b"after the crash")
+        with pytest.raises(RuntimeNotRunning):
+            await writer.drain()
+        writer.close()
+        with pytest.raises(RuntimeNotRunning):  # as asyncio's: the error connection_lost reported
+            await writer.wait_closed()
 
     run(main())
 
