@@ -66,7 +66,7 @@ from .events import (
     Writable,
 )
 from .listener import InterceptListener, Refusal
-from .netns import NetNamespace, in_namespace, run_ip, veth_pair
+from .netns import NamespaceSwitch, NetNamespace, run_ip, veth_pair
 from .runtime import StackRuntime
 from .socks5 import Reply, Socks5Connect, Socks5Error, Socks5Proxy
 
@@ -106,6 +106,7 @@ SOCKS_READ = 512
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST (RFC 9293 3.10.5 ABORT)
 _EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR  # nothing more will arrive after the data
 SO_MARK = getattr(socket, "SO_MARK", 36)  # include/uapi/asm-generic/socket.h
 
 #: A failed upstream connect -> what the client is told. ECONNREFUSED is a RST, as from the target
@@ -172,6 +173,7 @@ class _Flow:
     up_pending: bytes = b""  # client bytes the upstream socket did not take yet
     down_pending: bytes = b""  # upstream bytes the stack's send buffer did not take yet
     up_readable: bool = False  # the upstream socket may hold data (edge-triggered epoll)
+    up_ended: bool = False  # epoll reported the upstream's FIN (or an error): read on until recv says so
     up_shut: bool = False  # client FIN passed on: shutdown(SHUT_WR) upstream
     down_shut: bool = False  # upstream EOF passed on: our FIN queued to the client
     own: tuple[str, int] | None = None  # our upstream socket's endpoint while it connects
@@ -219,6 +221,7 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self._icmp = icmp
         self._netns = netns.name if isinstance(netns, NetNamespace) else netns
+        self._switch: NamespaceSwitch | None = None  # into _netns, made on the loop thread
         self._interface = interface
         self._mark = mark
         self._counters = ForwarderCounters()
@@ -231,6 +234,17 @@ class Forwarder:
         self._listener: InterceptListener | None = None
         self._stopped = threading.Event()
         self._ticker: threading.Thread | None = None
+        #: Stack events by type; the others (Connected) need nothing from us.
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            ConnectRequest: self._on_request_event,
+            IncomingConnection: self._on_incoming,
+            DataReadable: self._on_client_readable,
+            PeerClosed: self._on_client_readable,
+            Writable: self._on_client_writable,
+            ConnectionReset: self._on_client_gone,
+            ConnectionFailed: self._on_client_gone,
+            Closed: self._on_client_gone,
+        }
 
     def __repr__(self) -> str:
         return f"Forwarder({self.upstream}, {len(self._flows)} flows)"
@@ -320,6 +334,9 @@ class Forwarder:
         runtime = self._runtime
         self._epoll = select.epoll()
         try:
+            if self._netns is not None:
+                # Made here: it returns to the loop thread's own namespace.
+                self._switch = NamespaceSwitch(self._netns)
             # max_sessions is ours to apply, to every request; the stack's bounds stay as wide as its
             # config allows: max_syn_backlog requests in flight, somaxconn handshakes completed between
             # two event dispatches (one wake-up of the loop may complete many). Its request expiry
@@ -329,7 +346,7 @@ class Forwarder:
                 config.somaxconn, request_timeout=self.connect_timeout + REQUEST_GRACE
             )
         except BaseException:
-            self._epoll.close()
+            self._close_sockets()
             raise
         runtime.add_reader(self._epoll.fileno(), self._on_ready)
         runtime.add_event_listener(self._on_event)
@@ -351,6 +368,8 @@ class Forwarder:
             self._release(flow, reset=True)
         if self._epoll is not None:
             self._epoll.close()
+        if self._switch is not None:
+            self._switch.close()
 
     def _tick_loop(self) -> None:
         while not self._stopped.wait(TICK):
@@ -361,32 +380,42 @@ class Forwarder:
     # -- loop thread: stack events -------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, ConnectRequest):
-            if event.listener is self._listener:
-                self._on_request(event.conn)
-            return
-        if isinstance(event, IncomingConnection):
-            listener = self._listener
-            if listener is not None and event.listener is listener:
-                stack = self._runtime.stack
-                # The flow holds the connection already; the accept queue only has to stay short.
-                while stack.accept(listener) is not None:
-                    pass
-            return
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _on_request_event(self, event: ConnectRequest) -> None:
+        if event.listener is self._listener:
+            self._on_request(event.conn)
+
+    def _on_incoming(self, event: IncomingConnection) -> None:
+        listener = self._listener
+        if listener is not None and event.listener is listener:
+            stack = self._runtime.stack
+            # The flow holds the connection already; the accept queue only has to stay short.
+            while stack.accept(listener) is not None:
+                pass
+
+    def _on_client_readable(self, event: DataReadable | PeerClosed) -> None:
+        flow = self._flows.get(event.conn)
+        if flow is not None:
+            self._pump_up(flow)
+
+    def _on_client_writable(self, event: Writable) -> None:
+        flow = self._flows.get(event.conn)
+        if flow is not None:
+            self._pump_down(flow)
+
+    def _on_client_gone(self, event: ConnectionReset | ConnectionFailed | Closed) -> None:
         flow = self._flows.get(event.conn)
         if flow is None:
             return
-        if isinstance(event, DataReadable | PeerClosed):
-            self._pump_up(flow)
-        elif isinstance(event, Writable):
-            self._pump_down(flow)
-        elif isinstance(event, ConnectionReset | ConnectionFailed | Closed):
-            if flow.state is FlowState.OPEN:
-                # A reset or a give-up on the client side (Closed without either: the same, silently).
-                self._client_failed(flow)
-            else:
-                # Only Closed reaches a request: it expired or the listener closed. Nothing to answer.
-                self._release(flow, reset=True)
+        if flow.state is FlowState.OPEN:
+            # A reset or a give-up on the client side (Closed without either: the same, silently).
+            self._client_failed(flow)
+        else:
+            # Only Closed reaches a request: it expired or the listener closed. Nothing to answer.
+            self._release(flow, reset=True)
 
     def _on_request(self, conn: Connection) -> None:
         counters, stack, now = self._counters, self._runtime.stack, self._runtime.now
@@ -416,22 +445,35 @@ class Forwarder:
             sock.close()
             self._refuse_conn(conn, _ERRNO_REFUSALS.get(result, Refusal.RESET))
             return
-        with contextlib.suppress(OSError):
-            flow.own = sock.getsockname()[:2]
-            self._own[flow.own] = flow
         assert self._epoll is not None
-        self._epoll.register(sock.fileno(), _EPOLL_MASK)
+        fd = sock.fileno()
+        self._epoll.register(fd, _EPOLL_MASK)
         self._flows[conn] = flow
-        self._by_fd[sock.fileno()] = flow
+        self._by_fd[fd] = flow
+        # On a local path (veth, loopback) the handshake often completes inside connect() itself, its
+        # packets handled in softirq on the way out: then answer the client now, in this pass, rather
+        # than on the next wake-up. (Whatever the socket has already received, the registration above
+        # has reported to the epoll set.)
+        try:
+            sock.getpeername()
+        except OSError:
+            # Still connecting: EPOLLOUT (or EPOLLERR) will tell. Until then a SYN from our endpoint,
+            # read from the TUN on a later pass, is a loop.
+            with contextlib.suppress(OSError):
+                flow.own = sock.getsockname()[:2]
+                self._own[flow.own] = flow
+            return
+        self._upstream_connected(flow, 0)
 
     def _upstream_socket(self) -> socket.socket:
-        if self._netns is not None:
-            with in_namespace(self._netns):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # SOCK_NONBLOCK: non-blocking from the start (Python sees it and sets timeout 0), no extra ioctl.
+        kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+        if self._switch is not None:
+            with self._switch:
+                sock = socket.socket(socket.AF_INET, kind)
         else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET, kind)
         try:
-            sock.setblocking(False)
             # A relay adds no delay of its own: the client's Nagle already decided what to send together.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._interface is not None:
@@ -465,7 +507,7 @@ class Forwarder:
                 if error:
                     self._connect_failed(flow, _ERRNO_REFUSALS.get(error, Refusal.RESET))
                 else:
-                    self._upstream_connected(flow)
+                    self._upstream_connected(flow, mask)
             return
         if flow.state is FlowState.NEGOTIATING:
             if mask & _READABLE:
@@ -478,16 +520,20 @@ class Forwarder:
                 return
         if mask & _READABLE:
             flow.up_readable = True
+            if mask & _ENDED:
+                flow.up_ended = True
             self._pump_down(flow)
         if mask & select.EPOLLOUT and flow.up_pending and not flow.closed:
             self._pump_up(flow)
 
-    def _upstream_connected(self, flow: _Flow) -> None:
+    def _upstream_connected(self, flow: _Flow, mask: int) -> None:
         if flow.own is not None:
             self._own.pop(flow.own, None)
             flow.own = None
         if self._proxy is None:
-            self._accept(flow)
+            # What arrived with the connect (a server that speaks first, like SMTP) is in this mask:
+            # anything later raises an edge of its own.
+            self._accept(flow, mask)
             return
         conn = flow.conn
         flow.socks = Socks5Connect(self._proxy, conn.local_addr, conn.local_port)
@@ -523,7 +569,8 @@ class Forwarder:
             return
         flow.down_pending = socks.rest
         flow.socks = None
-        self._accept(flow)
+        # The proxy's reply may have come with stream data behind it, its edge consumed by our reads.
+        self._accept(flow, _READABLE)
 
     @staticmethod
     def _send_negotiation(flow: _Flow, data: bytes) -> None:
@@ -531,16 +578,16 @@ class Forwarder:
         if flow.sock.send(data) != len(data):
             raise Socks5Error(Reply.GENERAL_FAILURE, "SOCKS5 request did not fit the socket")
 
-    def _accept(self, flow: _Flow) -> None:
+    def _accept(self, flow: _Flow, mask: int) -> None:
         runtime = self._runtime
         runtime.stack.accept_request(flow.conn, runtime.now)
         flow.conn.nodelay = True  # as the upstream socket: the relay adds no delay of its own
         flow.state = FlowState.OPEN
         flow.last_active = runtime.now
         self._counters.accepted += 1
-        # Data may have arrived with the connect or the SOCKS5 reply, its epoll edge already consumed:
-        # one read finds out (a server that speaks first, like SMTP, must not wait for more).
-        flow.up_readable = True
+        if mask & _READABLE:
+            flow.up_readable = True
+            flow.up_ended = bool(mask & _ENDED)
         self._pump_down(flow)
 
     def _connect_failed(self, flow: _Flow, refusal: Refusal) -> None:
@@ -608,8 +655,9 @@ class Forwarder:
                     return  # Writable follows once the buffer drains
                 flow.down_pending = b""
             while flow.up_readable:
+                size = min(RELAY_CHUNK, max(conn.writable, MIN_READ))
                 try:
-                    n = sock.recv_into(view, min(RELAY_CHUNK, max(conn.writable, MIN_READ)))
+                    n = sock.recv_into(view, size)
                 except BlockingIOError:
                     flow.up_readable = False
                     return
@@ -622,6 +670,10 @@ class Forwarder:
                     flow.down_shut = True
                     self._maybe_done(flow)
                     return
+                if n < size and not flow.up_ended:
+                    # A short read emptied the socket: what arrives next raises a new edge (epoll(7)
+                    # on stream sockets), so no read is spent on EAGAIN. After the FIN, read on to EOF.
+                    flow.up_readable = False
                 sent = conn.send(view[:n], now)
                 self._count_down(flow, sent, now)
                 if sent < n:
@@ -682,10 +734,8 @@ class Forwarder:
         sock = flow.sock
         fd = sock.fileno()
         if fd >= 0:
+            # close() takes it out of the epoll set: ours is the only fd of the socket (epoll(7)).
             self._by_fd.pop(fd, None)
-            if self._epoll is not None and not self._epoll.closed:
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
             if reset:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

@@ -488,6 +488,35 @@ def test_half_close_passes_through_both_ways(topo: Topology) -> None:
     wait_for(settled, what="the stack's connections to settle")
 
 
+def test_server_that_speaks_first_and_closes_at_once(topo: Topology) -> None:
+    # The banner and the FIN reach the upstream socket right after the connect, often within one epoll
+    # report: the forwarder must read on past the banner to the EOF, and relay a banner that came
+    # with no client byte to prompt it.
+    flows = 20
+    before = topo.forwarder.counters()["completed"]
+    listener = listener_in(topo.server, topo.forwarded_address, 5008)
+
+    def serve() -> None:
+        for _ in range(flows):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"220 ready")
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(64):  # until the client's FIN
+                    pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    with listener:
+        for _ in range(flows):
+            with sock_in(topo.client) as client:
+                client.connect((topo.forwarded_address, 5008))
+                assert recv_all(client) == b"220 ready"
+        server.join(STEP)
+        assert not server.is_alive()
+    wait_for(lambda: topo.forwarder.counters()["completed"] == before + flows, what="every flow to complete")
+
+
 def test_resets_pass_through_both_ways(topo: Topology) -> None:
     before = topo.forwarder.counters()
     listener, client, server = connect_pair(topo, 5006)
