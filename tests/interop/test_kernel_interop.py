@@ -836,4 +836,6 @@ def test_echo_through_loss(loss: float, role: str, runtime: StackRuntime, netns:
         seconds,
         f"dropped={lost} RetransSegs stack={stack_retrans} kernel={kernel_retrans}",
     )
-    assert lost > 0 and stack_retrans > 0 and kernel_retrans > 0, "no loss happened: the test proved nothing"
+    # The drop unit is a whole super-packet (inject_loss): at 1 % a side's ~300 data packets escape every
+    # drop about one run in twenty, so only the sum must show a recovery; the per-side figures are above.
+    assert lost > 0 and stack_retrans + kernel_retrans > 0, "no loss happened: the test proved nothing"
