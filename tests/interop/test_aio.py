@@ -372,17 +372,32 @@ def test_paused_reading_closes_the_window(runtime: StackRuntime, netns: NetNames
                 block = os.urandom(CHUNK)
                 digest = hashlib.sha256()
 
-                def push() -> int:
+                def wake(future: asyncio.Future[None]) -> None:
+                    if not future.done():
+                        future.set_result(None)
+
+                async def push() -> None:
+                    """Send whenever the socket takes more: the stack's window alone stops it."""
                     nonlocal sent
                     while True:
                         try:
                             n = sock.send(block)
                         except BlockingIOError:
-                            return sent
+                            writable = loop.create_future()
+                            loop.add_writer(sock, wake, writable)
+                            try:
+                                await writable
+                            finally:
+                                loop.remove_writer(sock)
+                            continue
                         digest.update(block[:n])
                         sent += n
 
-                await asyncio.wait_for(stalled(push), STEP)
+                pusher = asyncio.create_task(push())
+                try:
+                    await asyncio.wait_for(stalled(lambda: sent), STEP)
+                finally:
+                    pusher.cancel()
                 sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                 config = runtime.stack.config
                 # kernel send buffer + engine receive buffer (autotuned up to max_buffer while the
