@@ -15,9 +15,9 @@ Each connection has two halves:
   write leaves from the asyncio thread with no hand-off to the loop thread, as a kernel socket's send
   does, and writes, write_eof and close keep their order.
 
-When the runtime ends (stopped, or its loop thread died), a watcher thread per runtime ends every
-transport still open with RuntimeNotRunning (ENETDOWN) and closes its Servers, so pending reads and
-drains fail instead of hanging.
+When the runtime ends (stopped, or its loop thread died), its end callback ends every transport still
+open with RuntimeNotRunning (ENETDOWN) and closes its Servers, so pending reads and drains fail instead
+of hanging.
 
 Flow control is bounded both ways:
 
@@ -65,7 +65,7 @@ from .runtime import RuntimeNotRunning
 
 if TYPE_CHECKING:
     from .connection import Connection, TCPInfo
-    from .runtime import StackRuntime, Waiter
+    from .runtime import StackRuntime
     from .socket import Socket
 
 __all__ = [
@@ -124,22 +124,10 @@ class _Dispatcher:
         if channel is not None:
             channel.on_event(event)
 
-    def watch(self, runtime: StackRuntime) -> None:
-        """In a section: start the thread that ends this runtime's transports and servers when it ends.
-        The loop thread notifies every Waiter as it exits, after a stop or a crash; this one is keyed by
-        the dispatcher, so no event ever notifies it before."""
-        waiter = runtime.watch(self)
-        threading.Thread(
-            target=self._await_end,
-            args=(runtime, waiter, waiter.generation),
-            name=f"pytcp-aio-{runtime.tun.name}",
-            daemon=True,  # as the loop thread: it lives as long as the runtime runs
-        ).start()
-
-    def _await_end(self, runtime: StackRuntime, waiter: Waiter, seen: int) -> None:
-        waiter.wait(seen, None, lambda: runtime.running)
-        # No section runs any more, so these tables only shrink (on the asyncio threads): a snapshot
-        # holds everything left. A graceful stop reported its closes first; _on_lost ignores the rest.
+    def on_runtime_end(self) -> None:
+        """The runtime's end callback (its loop thread, after the loop): no section runs any more, so
+        these tables only shrink (on the asyncio threads) and a snapshot holds everything left. A
+        graceful stop reported its closes first; _on_lost ignores the rest."""
         for channel in tuple(self.channels.values()):
             channel.post_end()
         for acceptor in tuple(self.acceptors.values()):
@@ -151,13 +139,13 @@ _dispatchers_lock = threading.Lock()  # several runtimes' sections may create th
 
 
 def _dispatcher(runtime: StackRuntime) -> _Dispatcher:
-    """The runtime's dispatcher (in a section), created and watched on first use."""
+    """The runtime's dispatcher (in a section), created and registered on first use."""
     with _dispatchers_lock:
         dispatcher = _dispatchers.get(runtime)
         if dispatcher is None:
             dispatcher = _dispatchers[runtime] = _Dispatcher()
             runtime.add_event_listener(dispatcher.on_event)
-            dispatcher.watch(runtime)
+            runtime.add_end_callback(dispatcher.on_runtime_end)
     return dispatcher
 
 
@@ -344,7 +332,7 @@ class _Channel:
             _dispatcher(self._runtime).channels.pop(self.conn, None)
 
     def post_end(self) -> None:
-        """The runtime ended (the watcher thread): the transport loses the connection."""
+        """The runtime ended (its end callback): the transport loses the connection."""
         with contextlib.suppress(RuntimeError):  # the asyncio loop is closed: nobody is left to tell
             self._loop.call_soon_threadsafe(self._transport._on_lost, RuntimeNotRunning())
 
@@ -403,7 +391,7 @@ class _Acceptor:
         channel._pull()  # bytes or a FIN that arrived while it waited in the accept queue
 
     def post_end(self) -> None:
-        """The runtime ended (the watcher thread): the server closes."""
+        """The runtime ended (its end callback): the server closes."""
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._server.close)
 

@@ -58,7 +58,7 @@ from .events import Closed, Event, IncomingConnection
 from .netns import NetNamespace
 from .pcap import PcapWriter, open_pcap
 from .socket import Socket
-from .stack import Stack
+from .stack import Stack, Tracer
 from .state import State
 from .tcp_output import OffloadSegment, Packet
 from .tun import TunDevice
@@ -207,6 +207,7 @@ class StackRuntime:
         self._deferred_stop: float | None = None
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
+        self._end_callbacks: list[Callable[[], None]] = []
         self._poller = select.poll()
         #: Extra fds the loop waits on (add_reader) -> their callbacks.
         self._readers: dict[int, Callable[[], None]] = {}
@@ -237,17 +238,20 @@ class StackRuntime:
         netns: NetNamespace | str | None = None,
         pcap: str | os.PathLike[str] | None = None,
         seed: int | None = None,
+        tracer: Tracer | None = None,
     ) -> StackRuntime:
         """Create the TUN device (inside ``netns`` if given) and a Stack answering as ``stack_address``.
 
         The announced MSS is capped at ``mtu - 40`` as Linux derives it from the route MTU, so every
         segment fits the device once cut. With ``offload`` connections send super-segments of up to
         ``config.gso_max_size`` bytes, or of the device's limit (65535) when that is 0; without, none.
+        ``tracer`` receives every state transition of every connection (pytcp.stack.Tracer), in the
+        section that makes it: it must not block.
         """
         config = config or TCPConfig()
         gso_max_size = min(config.gso_max_size or TUN_GSO_MAX_SIZE, TUN_GSO_MAX_SIZE) if offload else 0
         config = config.replace(mss=min(config.mss, mtu - TCPIP_HEADERS), gso_max_size=gso_max_size)
-        stack = Stack(int(ipaddress.IPv4Address(stack_address)), config, seed=seed)
+        stack = Stack(int(ipaddress.IPv4Address(stack_address)), config, seed=seed, tracer=tracer)
         tun = TunDevice(
             tun_name,
             kernel_address=kernel_address,
@@ -419,6 +423,12 @@ class StackRuntime:
     def remove_event_listener(self, callback: Callable[[Event], None]) -> None:
         self._listeners = tuple(cb for cb in self._listeners if cb is not callback)
 
+    def add_end_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the loop has ended, after a stop or a failure, on the loop thread
+        after every blocked thread was woken (pytcp.aio ends its transports there). Register it while
+        the runtime runs (in a section, say); it must not block; an exception it raises is logged."""
+        self._end_callbacks.append(callback)
+
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Also wait on ``fd`` and call ``callback()`` on the loop thread while it is readable (an epoll
         fd gathers many sockets into one; pytcp.forwarder does so). Loop thread only (inside ``call``),
@@ -503,6 +513,11 @@ class StackRuntime:
             self._fail_calls()
             for waiter in list(self._waiters.values()):
                 waiter.notify()
+            for callback in self._end_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("runtime end callback %r failed", callback)
 
     def _loop(self) -> None:
         tun, batch = self._tun, self._batch

@@ -31,7 +31,7 @@ from pytcp.mib import MIB
 from pytcp.netns import IpCommandError, NetNamespace, in_namespace, run_ip
 from pytcp.runtime import RuntimeNotRunning, StackRuntime
 from pytcp.stack import Stack
-from pytcp.state import State
+from pytcp.state import State, TransitionRecord
 from pytcp.tcp_output import OffloadSegment
 from tcpcore import ACK, PSH, SYN, PacketBatch, build_tcp_ipv4
 from tcpcore._types import Buffer
@@ -297,6 +297,20 @@ def test_stop_lifecycle() -> None:
     assert runtime.counters()["runtime"]["calls"] >= 1  # readable after stop
 
 
+def test_end_callbacks_run_once_on_the_loop_thread_after_the_loop() -> None:
+    calls: list[tuple[str, bool]] = []
+    runtime = StackRuntime(FakeDevice(), cast(Stack, StubStack()))
+
+    def failing() -> None:
+        raise ValueError("logged, not propagated")
+
+    with runtime:
+        runtime.add_end_callback(failing)
+        runtime.add_end_callback(lambda: calls.append((threading.current_thread().name, runtime.running)))
+        assert not calls
+    assert calls == [(f"pytcp-{runtime.tun.name}", False)]
+
+
 def test_stop_from_a_signal_handler() -> None:
     """The handler runs on the main thread while it waits for a call: stop() must not deadlock on it."""
     runtime = StackRuntime(FakeDevice(), cast(Stack, StubStack())).start()
@@ -555,3 +569,26 @@ def test_pcap_captures_both_directions(runtime: StackRuntime, netns: NetNamespac
             [tcpdump, "-nr", str(path)], capture_output=True, text=True, timeout=STEP, check=True
         )
         assert len(done.stdout.splitlines()) == len(packets)
+
+
+@pytest.mark.netns
+def test_tracer_sees_the_passive_side_from_handshake_to_closed(netns: NetNamespace) -> None:
+    """StackRuntime.open(tracer=...) hands every transition of a real exchange to the tracer, in order."""
+    trace: list[TransitionRecord] = []
+    with StackRuntime.open(
+        "pytcp0", stack_address=STACK, kernel_address=KERNEL, netns=netns, tracer=trace.append
+    ) as rt:
+        server = LoopEchoServer(rt, PORT)
+        assert kernel_echo_client(netns, b"hello") == b"hello"
+        assert server.closed.wait(STEP), "the server's connection did not reach CLOSED"
+    assert not device_exists(netns)
+    # The child passes through LISTEN as RFC 9293 draws a passive open; the listener is named "listen".
+    child = [record.new for record in trace if not record.name.startswith("listen")]
+    assert child == [
+        State.LISTEN,
+        State.SYN_RECEIVED,
+        State.ESTABLISHED,
+        State.CLOSE_WAIT,
+        State.LAST_ACK,
+        State.CLOSED,
+    ], [(record.name, record.old, record.new) for record in trace]
