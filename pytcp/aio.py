@@ -132,6 +132,9 @@ class _Dispatcher:
             channel.post_end()
         for acceptor in tuple(self.acceptors.values()):
             acceptor.post_end()
+        # No section will forget them now: they would keep the runtime (a weak key here) alive.
+        self.channels.clear()
+        self.acceptors.clear()
 
 
 _dispatchers: weakref.WeakKeyDictionary[StackRuntime, _Dispatcher] = weakref.WeakKeyDictionary()

@@ -67,7 +67,7 @@ from .events import (
 )
 from .listener import InterceptListener, Refusal
 from .netns import NamespaceSwitch, NetNamespace, run_ip, veth_pair
-from .runtime import StackRuntime
+from .runtime import RuntimeNotRunning, StackRuntime
 from .socks5 import Reply, Socks5Connect, Socks5Error, Socks5Proxy
 
 __all__ = ["Forwarder", "ForwarderCounters", "Topology", "parse_upstream", "topology"]
@@ -104,9 +104,11 @@ TICK = 1.0
 #: SOCKS5 negotiation bytes read per call: the longest reply (262 bytes) fits; more is stream data.
 SOCKS_READ = 512
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST (RFC 9293 3.10.5 ABORT)
-_EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-_READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-_ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR  # nothing more will arrive after the data
+_EPOLL_MASK = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_READABLE = select.EPOLLIN | select.EPOLLPRI | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+#: Edges after which a short read does not mean the socket is empty: nothing more will arrive after the
+#: data (FIN, error), or urgent data is pending, at whose mark Linux tcp_recvmsg ends a read early.
+_READ_ALL = select.EPOLLPRI | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 SO_MARK = getattr(socket, "SO_MARK", 36)  # include/uapi/asm-generic/socket.h
 
 #: A failed upstream connect -> what the client is told. ECONNREFUSED is a RST, as from the target
@@ -173,7 +175,7 @@ class _Flow:
     up_pending: bytes = b""  # client bytes the upstream socket did not take yet
     down_pending: bytes = b""  # upstream bytes the stack's send buffer did not take yet
     up_readable: bool = False  # the upstream socket may hold data (edge-triggered epoll)
-    up_ended: bool = False  # epoll reported the upstream's FIN (or an error): read on until recv says so
+    up_read_all: bool = False  # an edge in _READ_ALL came: read on until recv says EAGAIN or EOF
     up_shut: bool = False  # client FIN passed on: shutdown(SHUT_WR) upstream
     down_shut: bool = False  # upstream EOF passed on: our FIN queued to the client
     own: tuple[str, int] | None = None  # our upstream socket's endpoint while it connects
@@ -271,9 +273,9 @@ class Forwarder:
         self._stopped.set()
         if self._ticker is not None:
             self._ticker.join(timeout)
-        if self._runtime.running:
+        try:
             self._runtime.call(self._shutdown).result(timeout)
-        else:
+        except RuntimeNotRunning:
             self._close_sockets()  # the loop is gone, and the stack with it: only our sockets are left
 
     def __enter__(self) -> Self:
@@ -476,6 +478,9 @@ class Forwarder:
         try:
             # A relay adds no delay of its own: the client's Nagle already decided what to send together.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Urgent data stays in the stream (RFC 6093 5: applications should use it inline): the
+            # client gets every byte the server sent, and the stack has no urgent pointer to map it to.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             if self._interface is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self._interface.encode())
             if self._mark is not None:
@@ -520,8 +525,8 @@ class Forwarder:
                 return
         if mask & _READABLE:
             flow.up_readable = True
-            if mask & _ENDED:
-                flow.up_ended = True
+            if mask & _READ_ALL:
+                flow.up_read_all = True
             self._pump_down(flow)
         if mask & select.EPOLLOUT and flow.up_pending and not flow.closed:
             self._pump_up(flow)
@@ -587,7 +592,7 @@ class Forwarder:
         self._counters.accepted += 1
         if mask & _READABLE:
             flow.up_readable = True
-            flow.up_ended = bool(mask & _ENDED)
+            flow.up_read_all = bool(mask & _READ_ALL)
         self._pump_down(flow)
 
     def _connect_failed(self, flow: _Flow, refusal: Refusal) -> None:
@@ -670,9 +675,10 @@ class Forwarder:
                     flow.down_shut = True
                     self._maybe_done(flow)
                     return
-                if n < size and not flow.up_ended:
+                if n < size and not flow.up_read_all:
                     # A short read emptied the socket: what arrives next raises a new edge (epoll(7)
-                    # on stream sockets), so no read is spent on EAGAIN. After the FIN, read on to EOF.
+                    # on stream sockets), so no read is spent on EAGAIN. After a _READ_ALL edge (a FIN,
+                    # urgent data), read on to EAGAIN or EOF.
                     flow.up_readable = False
                 sent = conn.send(view[:n], now)
                 self._count_down(flow, sent, now)

@@ -509,7 +509,10 @@ class StackRuntime:
             logger.exception("pytcp runtime on %s crashed", self._tun.name)
         finally:
             # Order matters for call(): it appends, then re-checks _accepting and drains if it is False.
-            self._accepting = False
+            # Under the engine lock: a section that saw the runtime running (after a crash the loop has
+            # let go of the lock) ends before the callbacks below, so whatever it registered is seen.
+            with self._lock:
+                self._accepting = False
             self._fail_calls()
             for waiter in list(self._waiters.values()):
                 waiter.notify()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import os
 import socket
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -642,3 +644,26 @@ def test_server_close(runtime: StackRuntime, netns: NetNamespace) -> None:
                 await aio.start_server(runtime, echo, port=port)  # EADDRINUSE
 
     run(main())
+
+
+def test_a_stopped_runtime_is_not_kept_alive_by_what_was_open(netns: NetNamespace) -> None:
+    """A server and a stream still open when the runtime stops end, and keep no reference to it."""
+
+    async def main() -> weakref.ref[StackRuntime]:
+        rt = StackRuntime.open("pytcp0", stack_address=STACK, kernel_address=KERNEL, netns=netns).start()
+        server = await aio.start_server(rt, echo)
+        with kernel_listener(netns) as listener:
+            _, writer = await aio.open_connection(rt, KERNEL, PORT)
+            peer, _ = await asyncio.get_running_loop().sock_accept(listener)
+        with peer:
+            rt.stop(STOP_TIMEOUT)
+            for _ in range(100):  # the end callback's posts run on this loop
+                if not server.is_serving() and writer.is_closing():
+                    break
+                await asyncio.sleep(0.01)
+        assert not server.is_serving() and writer.is_closing()
+        return weakref.ref(rt)
+
+    ref = run(main())
+    gc.collect()
+    assert ref() is None, [type(r).__name__ for r in gc.get_referrers(ref())]

@@ -517,6 +517,24 @@ def test_server_that_speaks_first_and_closes_at_once(topo: Topology) -> None:
     wait_for(lambda: topo.forwarder.counters()["completed"] == before + flows, what="every flow to complete")
 
 
+def test_urgent_data_is_relayed_inline_without_a_stall(topo: Topology) -> None:
+    # Linux ends a read at the urgent mark, so the short read that brings the bytes before it does not
+    # mean the upstream socket is empty, and nothing later raises another epoll edge for the bytes
+    # behind it. The urgent byte itself stays in the stream (SO_OOBINLINE): the client gets every byte.
+    listener, client, server = connect_pair(topo, 5009)
+    with listener, client, server:
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # one segment, mark in the middle
+        server.send(b"A" * 10 + b"X", socket.MSG_OOB)
+        server.send(b"B" * 10)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        received = b""
+        while len(received) < 21:  # the server sends nothing more and keeps the flow open
+            chunk = client.recv(64)
+            assert chunk, received
+            received += chunk
+        assert received == b"A" * 10 + b"X" + b"B" * 10
+
+
 def test_resets_pass_through_both_ways(topo: Topology) -> None:
     before = topo.forwarder.counters()
     listener, client, server = connect_pair(topo, 5006)
