@@ -42,6 +42,9 @@ _ESTABLISHED_LIKE = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # RFC 4022
 # Per-packet state sets are tuples: membership tests identity first and never calls Enum.__hash__ (a
 # Python function) as a frozenset would.
 _SYN_STATES = (State.SYN_SENT, State.SYN_RECEIVED)
+#: Ends of a connection that lose nothing: what arrived before the peer's FIN stays readable in CLOSED
+#: until the application reads it (Linux tcp_done leaves the receive queue to a socket not yet closed).
+_ORDERLY_ENDS = (Event.RCV_ACK_OF_FIN, Event.TIMEOUT_TIME_WAIT, Event.TIME_WAIT_REUSE)
 _KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
 
 
@@ -317,7 +320,7 @@ class TCB:
                 mib.EstabResets += 1
             elif old is State.TIME_WAIT and event is Event.TIMEOUT_TIME_WAIT:
                 mib.TW += 1
-            self._teardown()
+            self._teardown(keep_unread=event in _ORDERLY_ENDS and not self._orphan)
             self._notify(events.Closed)
         elif new is State.ESTABLISHED:
             self._on_established(now)
@@ -335,8 +338,9 @@ class TCB:
             self.timers.arm(TimerKind.FIN_WAIT_2, now + self.config.fin_timeout)
         return new
 
-    def _teardown(self) -> None:
-        """CLOSED: no timers, no buffers (RFC 9293 "delete the TCB"); queued RSTs still go out."""
+    def _teardown(self, *, keep_unread: bool = False) -> None:
+        """CLOSED: no timers, no buffers (RFC 9293 "delete the TCB"); queued RSTs still go out.
+        ``keep_unread``: after an orderly end, bytes the application has not read yet stay readable."""
         timers = self.timers
         timers.stop()
         timers.delack_at = None
@@ -345,8 +349,9 @@ class TCB:
         self._probe_due = False
         self._wr_shut = True
         self.snd.reset()
-        if self.rcv is not None:
-            self.rcv.release()
+        rcv = self.rcv
+        if rcv is not None and not (keep_unread and rcv.readable):
+            rcv.release()
 
     def _on_established(self, now: float) -> None:
         """Data transfer begins: congestion control, loss recovery and the RTO restart."""

@@ -51,6 +51,30 @@ def test_passive_close(tcp):
     assert p.conn.get_timer() is None
 
 
+def test_unread_data_stays_readable_after_last_ack(tcp):
+    """A half-closing reader behind the peer: data, FIN, our FIN, its ACK, CLOSED -- and the bytes that
+    arrived before the FIN are still there to read (Linux tcp_done keeps the receive queue)."""
+    p = tcp.established()
+    p.deliver(FIN | ACK, p.irs + 1, p.iss + 1, payload=b"q" * 500)
+    p.expect(".", seq=p.iss + 1, ack=p.irs + 502)
+    p.call("shutdown", socket.SHUT_WR)
+    p.expect("F.", seq=p.iss + 1, ack=p.irs + 502)
+    p.deliver(ACK, p.irs + 502, p.iss + 2)
+    assert p.state is State.CLOSED
+    assert p.call("recv", 1000) == b"q" * 500
+    assert p.call("recv", 1000) == b"" and p.conn.at_eof
+
+
+def test_unread_data_stays_readable_after_time_wait(tcp):
+    p = tcp.fin_wait_2()
+    p.deliver(FIN | ACK, p.irs + 1, p.iss + 2, payload=b"w" * 300)
+    p.expect(".", ack=p.irs + 302)
+    assert p.state is State.TIME_WAIT
+    p.advance(61.0)
+    assert p.state is State.CLOSED
+    assert p.call("recv", 1000) == b"w" * 300
+
+
 def test_fin_combined_with_the_ack_of_the_peers_fin(tcp):
     p = tcp.established()
     p.deliver(FIN | ACK, p.irs + 1, p.iss + 1, poll=False)
