@@ -206,8 +206,6 @@ class StackRuntime:
         self._sleep_until = -math.inf
         #: stop() called by a signal handler inside a section: its timeout, for when the section ends.
         self._deferred_stop: float | None = None
-        #: The stack is taking the batch just read (poll_device must not read over it).
-        self._receiving = False
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
         self._end_callbacks: list[Callable[[], None]] = []
@@ -643,9 +641,8 @@ class StackRuntime:
         to the loop thread and back: Linux processes the backlog that queued while user context owned
         the socket in release_sock, and sk_busy_loop polls the device from recv the same way (one
         pass here, no spinning). The loop thread wakes for the packet as well and finds it taken.
-        False at once from a tracer the stack calls while it takes a batch: the batch is in use.
         """
-        if self._receiving or not self._tun.read_into(self._batch):
+        if not self._tun.read_into(self._batch):
             return False
         self._receive(self._now)
         return True
@@ -656,28 +653,24 @@ class StackRuntime:
         receive = stack.receive
         counters.batches += 1
         stamp = time.time() if pcap is not None else 0.0
-        self._receiving = True
-        try:
-            for slot in batch:
-                try:
-                    header, packet = tun.parse_inbound(slot)
-                except MalformedPacket:
-                    counters.rx_malformed += 1
-                    continue
-                if not packet or packet[0] >> 4 != 4:
-                    counters.rx_not_ipv4 += 1
-                    continue
-                counters.rx_packets += 1
-                counters.rx_bytes += len(packet)
-                if pcap is not None:
-                    pcap.write(packet, stamp)
-                trusted = header.checksum_trusted
-                if trusted:
-                    counters.rx_trusted += 1
-                # The stack must not keep views of ``packet`` past this call: the slot is reused.
-                receive(packet, now, checksum_verified=trusted)
-        finally:
-            self._receiving = False
+        for slot in batch:
+            try:
+                header, packet = tun.parse_inbound(slot)
+            except MalformedPacket:
+                counters.rx_malformed += 1
+                continue
+            if not packet or packet[0] >> 4 != 4:
+                counters.rx_not_ipv4 += 1
+                continue
+            counters.rx_packets += 1
+            counters.rx_bytes += len(packet)
+            if pcap is not None:
+                pcap.write(packet, stamp)
+            trusted = header.checksum_trusted
+            if trusted:
+                counters.rx_trusted += 1
+            # The stack must not keep views of ``packet`` past this call: the slot is reused.
+            receive(packet, now, checksum_verified=trusted)
 
     def _run_calls(self) -> None:
         """The calls queued before this point; later ones wait for the next iteration (bounded work)."""

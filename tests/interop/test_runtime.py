@@ -200,33 +200,6 @@ def test_a_thread_about_to_sleep_reads_the_device_itself(
     assert runtime.counters()["runtime"]["rx_packets"] == 1
 
 
-def test_polling_the_device_while_the_stack_takes_a_batch_reads_nothing(
-    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
-) -> None:
-    """A tracer or listener the stack calls mid-batch cannot make poll_device read over that batch."""
-    runtime, device, stack = stubbed
-    inner: list[bool] = []
-    take = stack.receive
-
-    def receive(packet: Buffer, now: float, *, checksum_verified: bool = False) -> None:
-        take(packet, now, checksum_verified=checksum_verified)
-        device.inject(tcp_packet(b"later"))
-        inner.append(runtime.poll_device())
-
-    stack.receive = receive  # type: ignore[method-assign]
-    packets = [tcp_packet(b"one"), tcp_packet(b"two")]
-
-    def arrive_then_poll() -> bool:
-        for packet in packets:
-            device.inject(packet)
-        return runtime.poll_device()
-
-    assert runtime.run(arrive_then_poll)
-    assert inner == [False, False]
-    # The two "later" packets stay queued for the next read (the loop's, once the section ends).
-    assert [r[0] for r in stack.received[:2]] == packets
-
-
 def test_timer_fires_when_due(stubbed: tuple[StackRuntime, FakeDevice, StubStack]) -> None:
     runtime, _, stack = stubbed
 
