@@ -15,10 +15,9 @@ the stack's next timer, and on every wake-up:
 Application threads run their engine operations themselves in a section (``run``; pytcp.socket does
 every operation that way), as Linux runs TCP in process context under the socket lock and leaves the
 rest to softirq: a send goes out on the sending thread, with no hand-off to the loop thread, which is
-woken only when its timer deadline must move earlier. A thread that would sleep first reads one batch
-from the device itself (``poll_device``), so what already arrived needs no hand-off. Events go to
-per-connection waiters (pytcp.socket) and to registered listeners (the asyncio layer uses
-``loop.call_soon_threadsafe`` there), on whichever thread holds the lock.
+woken only when its timer deadline must move earlier. Events go to per-connection waiters (pytcp.socket)
+and to registered listeners (the asyncio layer uses ``loop.call_soon_threadsafe`` there), on whichever
+thread holds the lock.
 
 Offloads (TunDevice with ``offload=True``): inbound packets flagged NEEDS_CSUM or DATA_VALID skip checksum
 verification (``Stack.receive(..., checksum_verified=True)``), and inbound TSO super-packets reach the stack
@@ -557,13 +556,12 @@ class StackRuntime:
             # One section per batch read, the lock released in between; the last one (usually the only
             # one) also runs the queued calls and due timers and reads the timer for the next sleep.
             for budget in reversed(range(BATCHES_PER_WAKEUP)):
+                # The device is read outside the section: only this thread reads it.
+                count = tun.read_into(batch) if readable else 0
+                readable = count == batch.slots
+                last = not (readable and budget)
                 now = self._enter()
                 try:
-                    # Read inside the section: an application thread about to sleep reads the device
-                    # too (poll_device), and the lock keeps the packets in their order.
-                    count = tun.read_into(batch) if readable else 0
-                    readable = count == batch.slots
-                    last = not (readable and budget)
                     if count:
                         self._receive(now)
                     done = last and self._tend(now)
@@ -633,19 +631,6 @@ class StackRuntime:
             return -1
         self._sleep_until = deadline
         return max(0, math.ceil((deadline - now) * 1000))
-
-    def poll_device(self) -> bool:
-        """Inside a section: read one batch of what the device holds now and feed it to the stack; True
-        when there was any. An application thread calls it before it sleeps (pytcp.socket), so a packet
-        that arrived while it held the lock, or while it was preempted, reaches it without a hand-off
-        to the loop thread and back: Linux processes the backlog that queued while user context owned
-        the socket in release_sock, and sk_busy_loop polls the device from recv the same way (one
-        pass here, no spinning). The loop thread wakes for the packet as well and finds it taken.
-        """
-        if not self._tun.read_into(self._batch):
-            return False
-        self._receive(self._now)
-        return True
 
     def _receive(self, now: float) -> None:
         """Feed the batch just read to the stack (inside a section)."""

@@ -181,25 +181,6 @@ def test_loop_feeds_packets_with_offload_flags_and_writes_output(
     assert counters["rx_not_ipv4"] == 1 and counters["tx_packets"] == 3
 
 
-def test_a_thread_about_to_sleep_reads_the_device_itself(
-    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
-) -> None:
-    """poll_device, in a section on an application thread: what the device holds is fed to the stack on
-    that thread (the loop waits for the lock meanwhile) and the answers leave with the section."""
-    runtime, device, stack = stubbed
-    packet = tcp_packet(b"mine")
-
-    def arrive_then_poll() -> tuple[bool, bool]:
-        empty = runtime.poll_device()
-        device.inject(packet)
-        return empty, runtime.poll_device()
-
-    assert runtime.run(arrive_then_poll) == (False, True)
-    assert stack.received[-1][0] == packet and stack.received[-1][3] == threading.get_ident()
-    assert device.written == [(packet, 0, False)]
-    assert runtime.counters()["runtime"]["rx_packets"] == 1
-
-
 def test_timer_fires_when_due(stubbed: tuple[StackRuntime, FakeDevice, StubStack]) -> None:
     runtime, _, stack = stubbed
 
