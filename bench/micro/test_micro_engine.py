@@ -38,7 +38,7 @@ class BackToBack:
     def deliver(self, src: Stack, dst: Stack) -> None:
         """Everything ``src`` has to send, received by ``dst`` (offload-trusted, as from a TUN device)."""
         for packet in src.datagrams_to_send(self.now):
-            dst.receive(bytes(packet), self.now, checksum_verified=True)
+            dst.receive(packet, self.now, checksum_verified=True)
         src.get_timer()
         while src.next_event() is not None:
             pass

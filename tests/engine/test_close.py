@@ -70,7 +70,7 @@ def test_unread_data_stays_readable_after_time_wait(tcp):
     p.deliver(FIN | ACK, p.irs + 1, p.iss + 2, payload=b"w" * 300)
     p.expect(".", ack=p.irs + 302)
     assert p.state is State.TIME_WAIT
-    p.advance(61.0)
+    p.advance(p.conn.config.time_wait + 1.0)
     assert p.state is State.CLOSED
     assert p.call("recv", 1000) == b"w" * 300
 
