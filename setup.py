@@ -1,9 +1,16 @@
-"""Build the compiled tcpcore modules; TCPCORE_NO_EXTENSIONS=1 builds a pure-Python package.
+"""Build the compiled tcpcore modules and the compiled engine; TCPCORE_NO_EXTENSIONS=1 builds a
+pure-Python package.
+
+tcpcore's modules are Cython sources with pure-Python twins. The engine's modules on the per-segment
+path (ENGINE_MODULES) are plain Python, compiled by Cython as they are (about 1.4-1.9x faster per
+segment, docs/performance.md); their source is the twin, and pytcp._compiled decides which one loads
+from the digests recorded here in pytcp/compiled.sha256.
 
 A compiled module that fails to build fails the build: a silent fallback would ship a wheel
 that is twenty times slower than the user asked for.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +18,46 @@ from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
 NO_EXTENSIONS = os.environ.get("TCPCORE_NO_EXTENSIONS", "") not in ("", "0")
+#: Every module a segment, a socket call or a connection's setup passes through; the rest of pytcp
+#: (configuration, CLI, asyncio layer, forwarder, simulator) stays interpreted.
+ENGINE_MODULES = (
+    "pytcp.congestion.base",
+    "pytcp.congestion.cubic",
+    "pytcp.congestion.reno",
+    "pytcp.connection",
+    "pytcp.isn",
+    "pytcp.listener",
+    "pytcp.receiver",
+    "pytcp.recovery",
+    "pytcp.rtt",
+    "pytcp.runtime",
+    "pytcp.sender",
+    "pytcp.socket",
+    "pytcp.stack",
+    "pytcp.state",
+    "pytcp.tcb",
+    "pytcp.tcp_input",
+    "pytcp.tcp_output",
+    "pytcp.timers",
+    "pytcp.tun",
+    "pytcp.vnet",
+)
+MANIFEST = HERE / "pytcp" / "compiled.sha256"  # read by pytcp._compiled
+
+
+def engine_source(name: str) -> Path:
+    return HERE.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def write_manifest() -> None:
+    """Record the digest of each engine source as compiled now (none in a pure-Python build)."""
+    if NO_EXTENSIONS:
+        MANIFEST.unlink(missing_ok=True)
+        return
+    lines = [
+        f"{name} {hashlib.sha256(engine_source(name).read_bytes()).hexdigest()}\n" for name in ENGINE_MODULES
+    ]
+    MANIFEST.write_text("".join(lines))
 
 
 def extensions() -> list[Extension]:
@@ -27,7 +74,7 @@ def extensions() -> list[Extension]:
         )
         for path in sorted((HERE / "tcpcore").glob("_*_c.pyx"))
     ]
-    return cythonize(
+    core = cythonize(
         modules,
         compiler_directives={
             "language_level": 3,
@@ -37,6 +84,14 @@ def extensions() -> list[Extension]:
             "embedsignature": True,
         },
     )
+    engine = [
+        Extension(name, [str(engine_source(name).relative_to(HERE))], extra_compile_args=["-O2", "-g0"])
+        for name in ENGINE_MODULES
+    ]
+    # Python semantics kept whole (binding: functions stay introspectable descriptors; bounds and
+    # wrap-around checks on): the same source must behave the same compiled or not.
+    return core + cythonize(engine, compiler_directives={"language_level": 3, "binding": True})
 
 
+write_manifest()
 setup(ext_modules=extensions())

@@ -3,7 +3,9 @@
 Any thread may use a ``Socket``; every operation runs on the calling thread under the runtime's engine
 lock through ``StackRuntime.run`` (as a Linux system call runs TCP under the socket lock: a send leaves
 from the sending thread, with no hand-off to the loop thread) and, when it cannot complete yet, the
-calling thread sleeps on the connection's Waiter until an event is dispatched for it (Connected,
+calling thread first reads what the device holds itself (``StackRuntime.poll_device``: the reply it
+waits for may already be there) and then sleeps on the connection's Waiter until an event is
+dispatched for it (Connected,
 DataReadable, Writable, IncomingConnection, PeerClosed, ConnectionReset, ConnectionFailed, Closed), then
 tries again. Timeouts behave as Python's: ``settimeout(t)`` bounds each call (TimeoutError),
 ``setblocking(False)`` makes a call that would wait raise BlockingIOError (EAGAIN; EINPROGRESS for
@@ -176,6 +178,8 @@ class Socket:
         event that could unblock it is dispatched, so the caller never misses a wake-up."""
         self._check_open()
         result = attempt()
+        if isinstance(result, _Block) and self._runtime.poll_device():
+            result = attempt()
         if not isinstance(result, _Block):
             return result, None, 0
         conn = self._conn
@@ -419,7 +423,7 @@ class Socket:
             raise _error(errno.ENOTCONN)
         conn.shutdown(how, self._runtime.now)
         # Threads blocked in recv on this socket see the end of file now.
-        self._runtime.watch(conn).notify()
+        self._runtime.notify(self._runtime.watch(conn))
 
     def close(self) -> None:
         """Release the socket: graceful close (FIN), or RST with SO_LINGER 0 or unread data (Linux).
@@ -443,7 +447,7 @@ class Socket:
         listener, conn = self._listener, self._conn
         if listener is not None:
             stack.close_listener(listener, now)
-            runtime.watch(listener).notify()
+            runtime.notify(runtime.watch(listener))
             runtime.unwatch(listener)
         if conn is not None:
             if self._linger == (1, 0):
@@ -452,7 +456,7 @@ class Socket:
                 conn.close(now)
             if conn.state is not State.CLOSED:
                 # Wake threads still blocked on this socket (they get EBADF), then let it go.
-                runtime.watch(conn).notify()
+                runtime.notify(runtime.watch(conn))
                 runtime.unwatch(conn)
 
     def __enter__(self) -> Self:

@@ -181,6 +181,74 @@ def test_loop_feeds_packets_with_offload_flags_and_writes_output(
     assert counters["rx_not_ipv4"] == 1 and counters["tx_packets"] == 3
 
 
+def test_a_thread_about_to_sleep_reads_the_device_itself(
+    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
+) -> None:
+    """poll_device, in a section on an application thread: what the device holds is fed to the stack on
+    that thread (the loop waits for the lock meanwhile) and the answers leave with the section."""
+    runtime, device, stack = stubbed
+    packet = tcp_packet(b"mine")
+
+    def arrive_then_poll() -> tuple[bool, bool]:
+        empty = runtime.poll_device()
+        device.inject(packet)
+        return empty, runtime.poll_device()
+
+    assert runtime.run(arrive_then_poll) == (False, True)
+    assert stack.received[-1][0] == packet and stack.received[-1][3] == threading.get_ident()
+    assert device.written == [(packet, 0, False)]
+    assert runtime.counters()["runtime"]["rx_packets"] == 1
+
+
+def test_packets_arriving_while_a_thread_holds_the_lock_are_left_to_it(
+    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
+) -> None:
+    """The loop, woken by the device while an application thread is in a section, does not wait for the
+    lock: the thread takes the packets as its section ends (Linux's socket backlog, release_sock) and
+    their answers leave from it; the loop watches the device again afterwards."""
+    runtime, device, stack = stubbed
+    first, later = tcp_packet(b"first"), tcp_packet(b"later")
+
+    def hold() -> None:
+        device.inject(first)
+        wait_for(lambda: runtime.counters()["runtime"]["rx_deferred"] == 1)
+        assert stack.received == []  # nobody read it while the section went on
+
+    runtime.run(hold)
+    assert [(r[0], r[3]) for r in stack.received] == [(first, threading.get_ident())]
+    assert device.written == [(first, 0, False)]
+    device.inject(later)
+    wait_for(lambda: len(stack.received) == 2)
+    assert stack.received[1][0] == later and stack.received[1][3] != threading.get_ident()
+
+
+def test_polling_the_device_while_the_stack_takes_a_batch_reads_nothing(
+    stubbed: tuple[StackRuntime, FakeDevice, StubStack],
+) -> None:
+    """A tracer or listener the stack calls mid-batch cannot make poll_device read over that batch."""
+    runtime, device, stack = stubbed
+    inner: list[bool] = []
+    take = stack.receive
+
+    def receive(packet: Buffer, now: float, *, checksum_verified: bool = False) -> None:
+        take(packet, now, checksum_verified=checksum_verified)
+        device.inject(tcp_packet(b"later"))
+        inner.append(runtime.poll_device())
+
+    stack.receive = receive  # type: ignore[method-assign]
+    packets = [tcp_packet(b"one"), tcp_packet(b"two")]
+
+    def arrive_then_poll() -> bool:
+        for packet in packets:
+            device.inject(packet)
+        return runtime.poll_device()
+
+    assert runtime.run(arrive_then_poll)
+    assert inner == [False, False]
+    # The two "later" packets stay queued for the next read (the loop's, once the section ends).
+    assert [r[0] for r in stack.received[:2]] == packets
+
+
 def test_timer_fires_when_due(stubbed: tuple[StackRuntime, FakeDevice, StubStack]) -> None:
     runtime, _, stack = stubbed
 
@@ -232,7 +300,8 @@ def test_events_reach_waiters_and_listeners(stubbed: tuple[StackRuntime, FakeDev
     runtime.call(stack.events.extend, events).result(STEP)
     wait_for(lambda: len(seen) == 4)
     assert seen == events
-    assert conn_waiter.generation == 4 and listener_waiter.generation == 1
+    # One wake-up per section however many events it dispatched, after the section lets go of the lock.
+    wait_for(lambda: conn_waiter.generation == 1 and listener_waiter.generation == 1)
     # Closed: the runtime forgets the connection's waiter; watching again gives a fresh one.
     assert runtime.call(runtime.watch, conn).result(STEP) is not conn_waiter
     runtime.remove_event_listener(broken)
