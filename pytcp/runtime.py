@@ -15,11 +15,10 @@ the stack's next timer, and on every wake-up:
 Application threads run their engine operations themselves in a section (``run``; pytcp.socket does
 every operation that way), as Linux runs TCP in process context under the socket lock and leaves the
 rest to softirq: a send goes out on the sending thread, with no hand-off to the loop thread, which is
-woken only when its timer deadline must move earlier. A thread that would sleep first reads one batch
-from the device itself (``poll_device``), so what already arrived needs no hand-off. Events go to
-per-connection waiters (pytcp.socket) and to registered listeners (the asyncio layer uses
-``loop.call_soon_threadsafe`` there), on whichever thread holds the lock; the threads sleeping on a
-waiter are woken once the section has released the lock (``notify``), so none wakes only to wait for it.
+woken only when its timer deadline must move earlier. Events go to per-connection waiters (pytcp.socket)
+and to registered listeners (the asyncio layer uses ``loop.call_soon_threadsafe`` there), on whichever
+thread holds the lock; the threads sleeping on a waiter are woken once the section has released the
+lock (``notify``), so none wakes only to wait for it.
 
 Offloads (TunDevice with ``offload=True``): inbound packets flagged NEEDS_CSUM or DATA_VALID skip checksum
 verification (``Stack.receive(..., checksum_verified=True)``), and inbound TSO super-packets reach the stack
@@ -131,7 +130,6 @@ class RuntimeCounters:
     rx_trusted: int = 0  # checksum verification skipped (NEEDS_CSUM / DATA_VALID)
     rx_not_ipv4: int = 0  # IPv6 neighbour discovery and the like: not ours to answer
     rx_malformed: int = 0  # no valid virtio_net_hdr
-    rx_deferred: int = 0  # wake-ups for the device left to the thread holding the engine lock
     tx_packets: int = 0
     tx_bytes: int = 0
     tx_gso: int = 0  # super-packets handed to the kernel for segmentation
@@ -213,15 +211,7 @@ class StackRuntime:
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
         self._end_callbacks: list[Callable[[], None]] = []
-        #: The loop's wait set. epoll, not poll: a thread that holds the engine lock when the device
-        #: becomes readable takes its packets over (``_defer_device``), and the device's entry is switched
-        #: off and on from other threads while the loop sleeps, which takes effect at once.
-        self._poller = select.epoll()
-        #: The loop left the device to the thread holding the engine lock (``_defer_device``); whoever
-        #: takes the lock next reads it and switches its entry back on.
-        self._backlog = False
-        #: The stack is taking the batch just read (nothing may read the device over it meanwhile).
-        self._receiving = False
+        self._poller = select.poll()
         #: Extra fds the loop waits on (add_reader) -> their callbacks.
         self._readers: dict[int, Callable[[], None]] = {}
         self._waiters: dict[object, Waiter] = {}
@@ -370,7 +360,6 @@ class StackRuntime:
         with self._wake_lock:
             fd, self._wake_fd = self._wake_fd, -1
             os.close(fd)
-        self._poller.close()
 
     # -- cross-thread entry points -------------------------------------------------------------------
 
@@ -447,7 +436,7 @@ class StackRuntime:
         or before ``start``. Engine calls made by the callback are sent in the same wake-up; errors are
         handled as an event listener's."""
         self._readers[fd] = callback
-        self._poller.register(fd, select.EPOLLIN)
+        self._poller.register(fd, select.POLLIN)
 
     def remove_reader(self, fd: int) -> None:
         """Stop waiting on ``fd`` (loop thread only, or before ``start``)."""
@@ -545,26 +534,23 @@ class StackRuntime:
         tun_fd = tun.fileno()
         wake_fd = self._wake_fd
         poller = self._poller
-        poller.register(tun_fd, select.EPOLLIN)
-        poller.register(wake_fd, select.EPOLLIN)
+        poller.register(tun_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
         counters = self._counters
-        timeout = 0.0
+        timeout = 0
         while True:
             ready = poller.poll(timeout)
-            slept_until = self._sleep_until
             # Awake: sections need not wake the loop, which reads the timer again before it sleeps.
             self._sleep_until = -math.inf
-            readable = other = False
+            readable = False
             for fd, mask in ready:
-                if mask & select.EPOLLERR:
-                    raise OSError(errno.EIO, f"epoll reported {mask:#x} on fd {fd}")
-                if fd == tun_fd:
-                    readable = True
-                    continue
-                other = True
+                if mask & (select.POLLERR | select.POLLNVAL):
+                    raise OSError(errno.EIO, f"poll reported {mask:#x} on fd {fd}")
                 if fd == wake_fd:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(wake_fd)
+                elif fd == tun_fd:
+                    readable = True
                 elif (reader := self._readers.get(fd)) is not None:
                     self._enter()
                     try:
@@ -574,22 +560,15 @@ class StackRuntime:
                         logger.exception("runtime reader %r failed", reader)
                     finally:
                         self._leave()  # its output leaves with the section below, in this wake-up
-            if readable and not other and self._defer_device(slept_until):
-                timeout = max(0.0, slept_until - time.monotonic()) if slept_until < math.inf else -1.0
-                continue
             # One section per batch read, the lock released in between; the last one (usually the only
             # one) also runs the queued calls and due timers and reads the timer for the next sleep.
             for budget in reversed(range(BATCHES_PER_WAKEUP)):
+                # The device is read outside the section: only this thread reads it.
+                count = tun.read_into(batch) if readable else 0
+                readable = count == batch.slots
+                last = not (readable and budget)
                 now = self._enter()
                 try:
-                    if self._backlog:
-                        readable = True
-                        self._end_backlog()
-                    # Read inside the section: an application thread about to sleep reads the device
-                    # too (poll_device), and the lock keeps the packets in their order.
-                    count = tun.read_into(batch) if readable else 0
-                    readable = count == batch.slots
-                    last = not (readable and budget)
                     if count:
                         self._receive(now)
                     done = last and self._tend(now)
@@ -623,25 +602,7 @@ class StackRuntime:
         return now
 
     def _leave(self) -> None:
-        """End a section: release the engine lock and wake the waiters its events concern; then, if the
-        loop left the device to this thread meanwhile, read it in a section of its own."""
-        self._release()
-        while self._backlog and self._accepting and self._lock.acquire(blocking=False):
-            self._owner = threading.current_thread()
-            try:
-                if self._backlog:
-                    now = self._now = time.monotonic()
-                    try:
-                        if self._tun.read_into(self._batch):
-                            self._receive(now)
-                    finally:
-                        self._end_backlog()  # what is left (more than a batch) wakes the loop
-                    self._flush(now)
-                    self._nudge()
-            finally:
-                self._release()
-
-    def _release(self) -> None:
+        """End a section: release the engine lock, then wake the waiters its events concern."""
         woken = self._woken
         if woken:
             self._woken = {}
@@ -651,36 +612,6 @@ class StackRuntime:
             # After the release: a thread woken under the lock would only wait for it.
             for waiter in woken:
                 waiter.notify()
-
-    def _defer_device(self, slept_until: float) -> bool:
-        """The loop woke for the device alone: if another thread holds the engine lock, leave the packets
-        to it rather than wait for the lock (Linux's socket backlog, which release_sock processes in the
-        owner's context). On one vCPU the holder is typically an application thread preempted inside the
-        ``writev`` of its reply by the peer whose next request this is: waiting would pass the lock and
-        the GIL back and forth and process the request here, only to wake that thread for it. True when
-        the device was left; the loop then sleeps on until ``slept_until``, the deadline it slept for.
-
-        Order matters: the device's entry goes off before the flag is raised (whoever clears the flag
-        switches it back on), and ``_sleep_until`` is restored before it too, so the holder's section
-        that takes the device also moves the loop's sleep if a timer armed meanwhile comes earlier."""
-        if slept_until <= time.monotonic():
-            return False  # a timer is due: the loop's own section
-        self._poller.modify(self._tun.fileno(), 0)
-        self._sleep_until = slept_until
-        self._backlog = True
-        if self._lock.acquire(blocking=False):
-            # Nobody held it after all: the loop reads the device itself, in its usual section.
-            self._end_backlog()
-            self._sleep_until = -math.inf
-            self._lock.release()
-            return False
-        self._counters.rx_deferred += 1  # unlocked, but only this thread writes it
-        return True
-
-    def _end_backlog(self) -> None:
-        """Inside a section: this thread takes the device the loop left; the loop watches it again."""
-        self._backlog = False
-        self._poller.modify(self._tun.fileno(), select.EPOLLIN)
 
     def _flush(self, now: float) -> None:
         """The end of every section: events first (listeners may answer them, as the forwarder and the
@@ -698,11 +629,10 @@ class StackRuntime:
             self._sleep_until = -math.inf
             self._wake()
 
-    def _poll_timeout(self, now: float) -> float:
-        """Seconds until the next timer (-1: none; epoll rounds up to whole milliseconds, so the loop
-        never wakes early and spins), and the deadline it stands for in ``_sleep_until`` (read by
-        ``_nudge``). Measured from this section's clock read: a timer may fire late by the loop's own
-        work in one iteration."""
+    def _poll_timeout(self, now: float) -> int:
+        """Milliseconds until the next timer, rounded up so the loop never wakes early and spins, and
+        the deadline it stands for in ``_sleep_until`` (read by ``_nudge``). Measured from this
+        section's clock read: a timer may fire late by the loop's own work in one iteration."""
         deadline = self._stack.get_timer()
         if self._stopping:
             shutdown = self._shutdown_deadline
@@ -713,23 +643,9 @@ class StackRuntime:
             deadline = now
         if deadline is None:
             self._sleep_until = math.inf
-            return -1.0
+            return -1
         self._sleep_until = deadline
-        return max(0.0, deadline - now)
-
-    def poll_device(self) -> bool:
-        """Inside a section: read one batch of what the device holds now and feed it to the stack; True
-        when there was any. An application thread calls it before it sleeps (pytcp.socket), so a packet
-        that arrived while it held the lock, or while it was preempted, reaches it without a hand-off
-        to the loop thread and back: Linux processes the backlog that queued while user context owned
-        the socket in release_sock, and sk_busy_loop polls the device from recv the same way (one
-        pass here, no spinning). The loop thread wakes for the packet as well and finds it taken.
-        False at once from a tracer the stack calls while it takes a batch: the batch is in use.
-        """
-        if self._receiving or not self._tun.read_into(self._batch):
-            return False
-        self._receive(self._now)
-        return True
+        return max(0, math.ceil((deadline - now) * 1000))
 
     def _receive(self, now: float) -> None:
         """Feed the batch just read to the stack (inside a section)."""
@@ -737,28 +653,24 @@ class StackRuntime:
         receive = stack.receive
         counters.batches += 1
         stamp = time.time() if pcap is not None else 0.0
-        self._receiving = True
-        try:
-            for slot in batch:
-                try:
-                    header, packet = tun.parse_inbound(slot)
-                except MalformedPacket:
-                    counters.rx_malformed += 1
-                    continue
-                if not packet or packet[0] >> 4 != 4:
-                    counters.rx_not_ipv4 += 1
-                    continue
-                counters.rx_packets += 1
-                counters.rx_bytes += len(packet)
-                if pcap is not None:
-                    pcap.write(packet, stamp)
-                trusted = header.checksum_trusted
-                if trusted:
-                    counters.rx_trusted += 1
-                # The stack must not keep views of ``packet`` past this call: the slot is reused.
-                receive(packet, now, checksum_verified=trusted)
-        finally:
-            self._receiving = False
+        for slot in batch:
+            try:
+                header, packet = tun.parse_inbound(slot)
+            except MalformedPacket:
+                counters.rx_malformed += 1
+                continue
+            if not packet or packet[0] >> 4 != 4:
+                counters.rx_not_ipv4 += 1
+                continue
+            counters.rx_packets += 1
+            counters.rx_bytes += len(packet)
+            if pcap is not None:
+                pcap.write(packet, stamp)
+            trusted = header.checksum_trusted
+            if trusted:
+                counters.rx_trusted += 1
+            # The stack must not keep views of ``packet`` past this call: the slot is reused.
+            receive(packet, now, checksum_verified=trusted)
 
     def _run_calls(self) -> None:
         """The calls queued before this point; later ones wait for the next iteration (bounded work)."""

@@ -3,9 +3,7 @@
 Any thread may use a ``Socket``; every operation runs on the calling thread under the runtime's engine
 lock through ``StackRuntime.run`` (as a Linux system call runs TCP under the socket lock: a send leaves
 from the sending thread, with no hand-off to the loop thread) and, when it cannot complete yet, the
-calling thread first reads what the device holds itself (``StackRuntime.poll_device``: the reply it
-waits for may already be there) and then sleeps on the connection's Waiter until an event is
-dispatched for it (Connected,
+calling thread sleeps on the connection's Waiter until an event is dispatched for it (Connected,
 DataReadable, Writable, IncomingConnection, PeerClosed, ConnectionReset, ConnectionFailed, Closed), then
 tries again. Timeouts behave as Python's: ``settimeout(t)`` bounds each call (TimeoutError),
 ``setblocking(False)`` makes a call that would wait raise BlockingIOError (EAGAIN; EINPROGRESS for
@@ -178,8 +176,6 @@ class Socket:
         event that could unblock it is dispatched, so the caller never misses a wake-up."""
         self._check_open()
         result = attempt()
-        if isinstance(result, _Block) and self._runtime.poll_device():
-            result = attempt()
         if not isinstance(result, _Block):
             return result, None, 0
         conn = self._conn
