@@ -69,7 +69,9 @@ def _row(result: VariantResult, metric: Metric) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures depend on: CPU model and count, kernel, Python, the tcpcore implementation."""
+    """What the figures depend on: CPU model and count, kernel, Python, the tcpcore implementation and
+    the form of the engine's modules (the peers import them as this process does)."""
+    import pytcp.stack
     import tcpcore
 
     model = "unknown CPU"
@@ -86,6 +88,7 @@ def machine() -> dict[str, Any]:
             hypervisor = value.strip()
     cpus = os.cpu_count() or 0
     where = f" ({hypervisor} VM)" if hypervisor else ""
+    engine = "source" if str(pytcp.stack.__file__).endswith(".py") else "compiled"
     return {
         "cpu": model,
         "cpus": cpus,
@@ -93,8 +96,9 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "tcpcore": tcpcore.IMPLEMENTATION,
+        "engine": engine,
         "line": f"{cpus} vCPU {model}{where}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, tcpcore {tcpcore.IMPLEMENTATION}",
+        f"Python {platform.python_version()}, tcpcore {tcpcore.IMPLEMENTATION}, engine {engine}",
     }
 
 

@@ -29,9 +29,10 @@ def test_checksum_64k(benchmark: Any, core: SimpleNamespace) -> None:
 
 
 def _segment(core: SimpleNamespace) -> bytes:
-    return core.build_tcp_ipv4(
+    packet: bytes = core.build_tcp_ipv4(
         SRC, DST, 40000, 80, 1000, 2000, 0x18, 65535, MSS_PAYLOAD, timestamps=(123456, 654321)
     )
+    return packet
 
 
 @pytest.mark.benchmark(group="parse+verify-1500")
