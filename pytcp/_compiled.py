@@ -19,12 +19,13 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+
+from tcpcore._select import env_flag
 
 __all__ = ["MANIFEST", "compiled_modules", "install", "source_digest"]
 
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 #: Written by setup.py next to this file: one ``<module> <sha256 of its source>`` line per compiled module.
 MANIFEST = "compiled.sha256"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
 
 
 def source_digest(path: Path) -> str:
@@ -92,8 +89,8 @@ class _EngineFinder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Put the finder in front of the usual ones (once, at ``import pytcp``)."""
-    require = _flag("TCPCORE_REQUIRE_EXTENSIONS")
-    use_compiled = not _flag("TCPCORE_NO_EXTENSIONS")
+    require = env_flag("TCPCORE_REQUIRE_EXTENSIONS")
+    use_compiled = not env_flag("TCPCORE_NO_EXTENSIONS")
     digests = compiled_modules()
     if not digests and use_compiled and require:
         raise ImportError(

@@ -18,7 +18,8 @@ MODULES = ("checksum", "seq", "wire", "reassembly", "batch")
 SUFFIXES = {"cython": "_c", "python": "_py"}
 
 
-def _flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Whether an environment switch is on (set, and not "0"); pytcp._compiled reads the same ones."""
     return os.environ.get(name, "") not in ("", "0")
 
 
@@ -35,12 +36,12 @@ def implementation(name: str) -> SimpleNamespace:
 
 def choose() -> tuple[str, SimpleNamespace]:
     """The implementation the facade exports, honouring the environment switches."""
-    if _flag("TCPCORE_NO_EXTENSIONS"):
+    if env_flag("TCPCORE_NO_EXTENSIONS"):
         return "python", implementation("python")
     try:
         return "cython", implementation("cython")
     except ImportError:
-        if _flag("TCPCORE_REQUIRE_EXTENSIONS"):
+        if env_flag("TCPCORE_REQUIRE_EXTENSIONS"):
             raise
         logger.warning("tcpcore compiled modules unavailable; using the pure-Python twins")
         return "python", implementation("python")
