@@ -2,9 +2,11 @@
 pure-Python package.
 
 tcpcore's modules are Cython sources with pure-Python twins. The engine's modules on the per-segment
-path (ENGINE_MODULES) are plain Python, compiled by Cython as they are (about 1.4-1.9x faster per
-segment, docs/performance.md); their source is the twin, and pytcp._compiled decides which one loads
-from the digests recorded here in pytcp/compiled.sha256.
+path (ENGINE_MODULES) are plain Python, compiled by Cython (docs/performance.md); their source is the
+twin, and pytcp._compiled decides which one loads from the digests recorded here in
+pytcp/compiled.sha256. A module's .pxd next to it, where there is one, is what makes it fast: it
+declares the module's hot classes as extension types with their fields and the methods called per
+segment as cpdef (Cython's "augmenting .pxd"); the .py itself stays plain Python.
 
 A compiled module that fails to build fails the build: a silent fallback would ship a wheel
 that is twenty times slower than the user asked for.
@@ -49,15 +51,22 @@ def engine_source(name: str) -> Path:
     return HERE.joinpath(*name.split(".")).with_suffix(".py")
 
 
+def source_digest(source: Path) -> str:
+    """sha256 of a module's source and of its .pxd declarations, if any (pytcp._compiled.source_digest
+    computes the same; it cannot be imported while the package is being built)."""
+    digest = hashlib.sha256(source.read_bytes())
+    declarations = source.with_suffix(".pxd")
+    if declarations.exists():
+        digest.update(declarations.read_bytes())
+    return digest.hexdigest()
+
+
 def write_manifest() -> None:
     """Record the digest of each engine source as compiled now (none in a pure-Python build)."""
     if NO_EXTENSIONS:
         MANIFEST.unlink(missing_ok=True)
         return
-    lines = [
-        f"{name} {hashlib.sha256(engine_source(name).read_bytes()).hexdigest()}\n" for name in ENGINE_MODULES
-    ]
-    MANIFEST.write_text("".join(lines))
+    MANIFEST.write_text("".join(f"{name} {source_digest(engine_source(name))}\n" for name in ENGINE_MODULES))
 
 
 def extensions() -> list[Extension]:
@@ -89,8 +98,11 @@ def extensions() -> list[Extension]:
         for name in ENGINE_MODULES
     ]
     # Python semantics kept whole (binding: functions stay introspectable descriptors; bounds and
-    # wrap-around checks on): the same source must behave the same compiled or not.
-    return core + cythonize(engine, compiler_directives={"language_level": 3, "binding": True})
+    # wrap-around checks on): the same source must behave the same compiled or not. Types come from
+    # the .pxd files alone; the annotations only document (annotation_typing off: a ``float``
+    # annotation would otherwise turn an int argument into a C double).
+    directives = {"language_level": 3, "binding": True, "annotation_typing": False}
+    return core + cythonize(engine, compiler_directives=directives)
 
 
 write_manifest()

@@ -8,10 +8,10 @@ so the only difference between a stack figure and a kernel figure is the TCP und
 Programs (each prints JSON lines on stdout, the protocol the harness reads; see bench.topology):
 
 - ``server``: listens on five consecutive ports (discard, crr, rr, hold, source), prints
-  ``{"ready": ...}`` and then answers one JSON line per command line on stdin: ``stats`` (process CPU
-  seconds and RSS after a GC), ``held`` (connections the hold port has accepted), ``release`` (close
-  them). EOF on stdin stops it; so does a dead stack runtime (after an ``error`` answer), so the
-  harness restarts it.
+  ``{"ready": ...}`` and then answers one JSON line per command line on stdin: ``cpu`` (process CPU
+  seconds), ``stats`` (process CPU seconds and RSS after a GC), ``held`` (connections the hold port
+  has accepted), ``release`` (close them). EOF on stdin stops it; so does a dead stack runtime (after
+  an ``error`` answer), so the harness restarts it.
 - ``bulk``: connects, sends ``--bytes`` in CHUNK-sized sendall calls, half-closes and waits for the
   server's EOF, so the time covers delivery of the last byte; reports bytes, seconds and CPU seconds.
   ``--direction down`` receives instead: it asks the server's source port for ``--bytes`` (an 8-byte
@@ -23,6 +23,8 @@ Programs (each prints JSON lines on stdout, the protocol the harness reads; see 
 Clients report JSON with wall ``seconds`` and ``cpu`` seconds of the measured window only:
 ``time.process_time()``, every thread of the process (for the stack, the runtime's loop thread included),
 user plus system time; plus the softirq time spent meanwhile (see bench.scenarios for how it is used).
+crr and rr also report the transactions of their warm-up (``warmup_count``), which the server's CPU
+time covers as well.
 """
 
 from __future__ import annotations
@@ -303,7 +305,9 @@ def _run_server(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             command = line.strip()
             reply: dict[str, Any]
-            if command == "stats":
+            if command == "cpu":
+                reply = {"cpu": time.process_time()}
+            elif command == "stats":
                 gc.collect()
                 reply = {"cpu": time.process_time(), "rss": _rss()}
             elif command == "held":
@@ -391,15 +395,17 @@ def _run_crr(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
 
     clock = time.perf_counter
     warm_end = clock() + WARMUP
+    warmup = 0
     while clock() < warm_end:
         transaction()
+        warmup += 1
     count = 0
     with _measured() as figures:
         end = clock() + args.duration
         while clock() < end:
             transaction()
             count += 1
-    return {"count": count, **figures}
+    return {"count": count, "warmup_count": warmup, **figures}
 
 
 def _run_rr(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
@@ -412,10 +418,12 @@ def _run_rr(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
     clock = time.perf_counter_ns
     try:
         warm_end = clock() + int(WARMUP * 1e9)
+        warmup = 0
         while clock() < warm_end:
             sock.sendall(_REQUEST)
             if not sock.recv(1):
                 raise ConnectionError("server closed the connection")
+            warmup += 1
         count = 0
         with _measured() as figures:
             end = clock() + int(args.duration * 1e9)
@@ -431,7 +439,7 @@ def _run_rr(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
         sock.close()
     latency = np.frombuffer(samples, dtype=np.int64) / 1e3
     p50, p99 = np.percentile(latency, [50, 99]) if len(latency) else (float("nan"), float("nan"))
-    return {"count": count, "p50_us": float(p50), "p99_us": float(p99), **figures}
+    return {"count": count, "warmup_count": warmup, "p50_us": float(p50), "p99_us": float(p99), **figures}
 
 
 def _run_hold(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:

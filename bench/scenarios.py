@@ -14,6 +14,8 @@ program for both targets; servers are the same bench.peer code on either backend
   rest is in ksoftirqd's, which is added; with it, the /proc/stat softirq column is added instead.
 - crr: connect, 1-byte request, 1-byte reply, close, for ``duration`` seconds (client closes first).
 - rr: 1-byte ping-pong on one connection for ``duration`` seconds; rate and latency percentiles.
+- crr and rr also report the server process's CPU time per transaction (all its threads, user plus
+  system), which the host's other load moves far less than the rate.
 - forwarder: pytcp.forwarder relaying kernel clients to a kernel server (bench.topology builds its
   network and runs it in the harness process), against the kernel routing the same traffic across the
   same namespaces. Both sides use the same kernel client and kernel server programs; only the address
@@ -188,7 +190,13 @@ def _transactions(
         server, link = _kernel_side(topo, offload)
     else:
         server, link = topo.agent("stack" if offload else "stack-nooffload"), topo.stack_link(offload)
-    return _transact(topo, server, link, plan, program, placement, f"{program}-{side}")
+    before = server.request("cpu")["cpu"]
+    result = _transact(topo, server, link, plan, program, placement, f"{program}-{side}")
+    # The server's CPU per transaction: what one costs the stack (or the kernel's server process,
+    # its share of the kernel's TCP work included), whatever the host's other load does to the rate.
+    transactions = result["count"] + result["warmup_count"]  # the server's CPU covers both
+    result["server_cpu_us"] = (server.request("cpu")["cpu"] - before) / transactions * 1e6
+    return result
 
 
 def _transact(
@@ -253,6 +261,7 @@ def _memory(topo: Topology, side: Side, plan: Plan) -> dict[str, Any]:
 
 _THROUGHPUT = Metric("throughput", "throughput", "Gbit/s", "higher")
 _CPU_PER_GB = Metric("cpu_per_gb", "CPU per GB", "CPU s/GB", "lower")
+_SERVER_CPU = Metric("server_cpu_us", "server CPU per transaction", "us", "lower")
 _P50 = Metric("p50_us", "latency p50", "us", "lower")
 _P99 = Metric("p99_us", "latency p99", "us", "lower")
 _MEMORY_CEILING = Target("stack_max", 16384)
@@ -287,7 +296,7 @@ def _catalogue(plan: Plan) -> dict[str, list[Variant]]:
         variants = []
         for placement, offload in settings:
             floor = Target("ratio_min", 0.2) if placement == "one CPU" and offload else None
-            metrics: tuple[Metric, ...] = (Metric("rate", "rate", unit, "higher", floor),)
+            metrics: tuple[Metric, ...] = (Metric("rate", "rate", unit, "higher", floor), _SERVER_CPU)
             if program == "rr":
                 metrics += (_P50, _P99)
             label = placement if offload else f"{placement}, offload off"

@@ -1,9 +1,9 @@
 """Which form of the engine's modules loads: compiled, or their source.
 
 setup.py compiles the modules on the per-segment path (the engine, the runtime and the socket layer)
-with Cython from their own source, unchanged, and records a digest of each source it compiled in
-``compiled.sha256``; the source stays in the package as the pure-Python twin. The switches of tcpcore
-apply here too:
+with Cython from their own source, unchanged (with the .pxd declarations next to it, where there is
+one), and records a digest of each source and its declarations in ``compiled.sha256``; the source
+stays in the package as the pure-Python twin. The switches of tcpcore apply here too:
 
 - ``TCPCORE_NO_EXTENSIONS=1``: every module loads from its source;
 - otherwise a module loads compiled when it was built from its source as it is now; one built from
@@ -37,7 +37,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def source_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """sha256 of a module's source and of its .pxd declarations, if any (as setup.py records it): an
+    edit to either makes the compiled module stale."""
+    digest = hashlib.sha256(path.read_bytes())
+    declarations = path.with_suffix(".pxd")
+    if declarations.exists():
+        digest.update(declarations.read_bytes())
+    return digest.hexdigest()
 
 
 def compiled_modules(directory: Path = PACKAGE_DIR) -> dict[str, str]:

@@ -9,8 +9,8 @@ __all__ = ["dotted", "parse_endpoint"]
 
 
 def dotted(address: int) -> str:
-    """``0xC6120002`` -> ``"198.18.0.2"``."""
-    return str(ipaddress.IPv4Address(address))
+    """``0xC6120002`` -> ``"198.18.0.2"`` (in C: every connection names itself with two of these)."""
+    return socket.inet_ntoa(address.to_bytes(4, "big"))
 
 
 def parse_endpoint(address: object) -> tuple[int, int]:

@@ -25,7 +25,6 @@ from .receiver import Receiver, choose_wscale
 from .state import Event, State
 from .tcb import ChallengeAckLimiter, ts_clock
 from .tcp_input import InputMixin
-from .tcp_output import OutputMixin
 from .timers import TimerKind
 
 __all__ = ["ChallengeAckLimiter", "Connection", "TCPInfo"]
@@ -103,7 +102,7 @@ class TCPInfo:
     readable: int
 
 
-class Connection(InputMixin, OutputMixin):
+class Connection(InputMixin):
     """One TCB. See the module docstring and docs of each method."""
 
     __slots__ = ()
@@ -339,8 +338,11 @@ class Connection(InputMixin, OutputMixin):
         return self._nodelay
 
     @nodelay.setter
-    @_app_call
     def nodelay(self, value: bool) -> None:
+        self._set_nodelay(value)
+
+    @_app_call
+    def _set_nodelay(self, value: bool) -> None:
         self._nodelay = bool(value)
         self._tx_dirty = True  # as Linux TCP_NODELAY: push what Nagle was holding
 
@@ -349,8 +351,11 @@ class Connection(InputMixin, OutputMixin):
         return self._keepalive
 
     @keepalive.setter
-    @_app_call
     def keepalive(self, value: bool) -> None:
+        self._set_keepalive(value)
+
+    @_app_call
+    def _set_keepalive(self, value: bool) -> None:
         self._keepalive = bool(value)
         self._arm_keepalive()
 
@@ -359,8 +364,11 @@ class Connection(InputMixin, OutputMixin):
         return self._keepalive_time
 
     @keepalive_time.setter
-    @_app_call
     def keepalive_time(self, value: float) -> None:
+        self._set_keepalive_time(value)
+
+    @_app_call
+    def _set_keepalive_time(self, value: float) -> None:
         self._keepalive_time = check_knob("keepalive_time", value)  # TCP_KEEPIDLE, the knob's bounds
         self._arm_keepalive()
 

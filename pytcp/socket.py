@@ -465,7 +465,9 @@ class Socket:
 
     def __del__(self) -> None:
         # As Python's socket: an unclosed socket warns and is closed (here without waiting for the loop).
-        if getattr(self, "_closed", True) or not self._runtime.running:
+        # One whose __init__ failed has no runtime (None in the compiled form, absent in the source's).
+        runtime = getattr(self, "_runtime", None)
+        if runtime is None or self._closed or not runtime.running:
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
         self._runtime.call(self._close_now)

@@ -211,7 +211,8 @@ class TransitionRecord:
 class StateMachine:
     """One connection's state; ``apply`` is its only setter."""
 
-    __slots__ = ("_state", "_tracer", "name")
+    #: ``state`` is read-only outside ``apply`` (enforced where the module is compiled: state.pxd).
+    __slots__ = ("_tracer", "name", "state")
 
     def __init__(
         self,
@@ -220,32 +221,29 @@ class StateMachine:
         name: str = "",
         tracer: Callable[[TransitionRecord], None] | None = None,
     ) -> None:
-        self._state = state
+        self.state = state
         self.name = name
         self._tracer = tracer
 
-    @property
-    def state(self) -> State:
-        return self._state
-
     def can(self, event: Event) -> bool:
         """Whether ``event`` is a transition from the current state."""
-        return (self._state, event) in TRANSITIONS
+        return (self.state, event) in TRANSITIONS
 
     def apply(self, event: Event, now: float, note: str = "") -> State:
         """Move to the state the table gives for (state, event) and return it."""
-        old = self._state
+        old = self.state
         new = TRANSITIONS.get((old, event))
         if new is None:
             raise IllegalTransition(self.name, old, event)
-        self._state = new
-        _log.debug("%s %s -[%s]-> %s %s", self.name, old.value, event.name, new.value, note)
+        self.state = new
+        if _log.isEnabledFor(logging.DEBUG):  # the enum names cost more than the transition itself
+            _log.debug("%s %s -[%s]-> %s %s", self.name, old.value, event.name, new.value, note)
         if self._tracer is not None:
             self._tracer(TransitionRecord(now, self.name, old, event, new, note))
         return new
 
     def __repr__(self) -> str:
-        return f"StateMachine({self._state}, name={self.name!r})"
+        return f"StateMachine({self.state}, name={self.name!r})"
 
 
 def diagram() -> str:

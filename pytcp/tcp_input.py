@@ -32,7 +32,8 @@ from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER, Receiver
 from .recovery import Phase
 from .sender import Segment
 from .state import Event, State
-from .tcb import MASK, OOW_ACK_INTERVAL, PAWS_IDLE, TCB, TS_HZ, ts_clock
+from .tcb import MASK, OOW_ACK_INTERVAL, PAWS_IDLE, TS_HZ, ts_clock
+from .tcp_output import OutputMixin
 from .timers import TimerKind
 
 __all__ = ["InputMixin"]
@@ -64,7 +65,7 @@ def acceptable(seq: int, seglen: int, rcv_nxt: int, wnd: int) -> bool:
     return seq_in_window(seq, rcv_nxt, wnd) or seq_in_window(seq_add(seq, seglen - 1), rcv_nxt, wnd)
 
 
-class InputMixin(TCB):
+class InputMixin(OutputMixin):
     __slots__ = ()
 
     def handle_segment(self, seg: TCPSegment, now: float) -> None:

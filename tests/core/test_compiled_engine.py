@@ -67,6 +67,15 @@ def test_a_stale_compiled_module_gives_way_to_its_source(
         _EngineFinder(package, digests, True, True).find_spec("pytcp.mod", None)
 
 
+def test_an_edited_declaration_file_makes_the_compiled_module_stale(package: Path) -> None:
+    (package / "mod.pxd").write_text("cdef class A:\n    cdef public object x\n")
+    digests = {"pytcp.mod": source_digest(package / "mod.py")}
+    assert _EngineFinder(package, digests, True, True).find_spec("pytcp.mod", None) is None
+    (package / "mod.pxd").write_text("cdef class A:\n    cdef public object y\n")
+    with pytest.raises(ImportError, match="another version"):
+        _EngineFinder(package, digests, True, True).find_spec("pytcp.mod", None)
+
+
 def test_a_missing_compiled_module_gives_way_to_its_source(package: Path) -> None:
     (package / f"mod{EXTENSION}").unlink()
     digests = {"pytcp.mod": source_digest(package / "mod.py")}

@@ -315,7 +315,9 @@ class Pair:
         delay: float = 0.005,
         loss: float = 0.0,
         seed: int = 1,
+        connection: type[Connection] = Connection,
     ) -> None:
+        self.connection = connection  # a subclass may instrument the engine's methods
         self.delay = delay
         self.loss = loss
         self.rng = random.Random(seed)
@@ -325,7 +327,7 @@ class Pair:
         self.events: list[events.Event] = []
         self.server_config = server_config or client_config
         self.limiter = ChallengeAckLimiter(1000)
-        self.client = Connection(
+        self.client = connection(
             client_config, self.mib_client, local_addr=LOCAL, local_port=LPORT, remote_addr=REMOTE,
             remote_port=RPORT, iss=0xFFFFF000, now=0.0, emit=self.events.append, limiter=self.limiter,
         )  # fmt: skip
@@ -367,7 +369,7 @@ class Pair:
                 self.client.handle_segment(seg, self.now)
             elif self.server is None:
                 if seg.flags & (SYN | ACK | RST) == SYN:
-                    self.server = Connection(
+                    self.server = self.connection(
                         self.server_config, self.mib_server, local_addr=REMOTE, local_port=RPORT,
                         remote_addr=LOCAL, remote_port=LPORT, iss=0x7FFFFF00, now=self.now,
                         emit=self.events.append, limiter=self.limiter,

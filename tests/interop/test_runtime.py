@@ -27,7 +27,6 @@ from pytcp import vnet
 from pytcp.config import TCPConfig
 from pytcp.connection import Connection
 from pytcp.events import Closed, Connected, ConnectionReset, DataReadable, Event, IncomingConnection
-from pytcp.mib import MIB
 from pytcp.netns import IpCommandError, NetNamespace, in_namespace, run_ip
 from pytcp.runtime import RuntimeNotRunning, StackRuntime
 from pytcp.stack import Stack
@@ -106,14 +105,13 @@ class FakeDevice:
             self.outer.close()
 
 
-class StubStack:
-    """Records what the loop hands it; answers each packet with a copy; timers and events on demand."""
-
-    address = int(ipaddress.IPv4Address(STACK))
+class StubStack(Stack):
+    """Records what the loop hands it; answers each packet with a copy; timers and events on demand.
+    A subclass, as the runtime takes only a Stack (its compiled form holds one in a typed field); every
+    method the loop calls is replaced."""
 
     def __init__(self) -> None:
-        self.config = TCPConfig()
-        self.mib = MIB()
+        super().__init__(int(ipaddress.IPv4Address(STACK)), TCPConfig())
         self.received: list[tuple[bytes, float, bool, int]] = []
         self.outbox: list[bytes] = []
         self.timer: float | None = None
@@ -152,7 +150,7 @@ class StubStack:
 @pytest.fixture
 def stubbed() -> Iterator[tuple[StackRuntime, FakeDevice, StubStack]]:
     device, stack = FakeDevice(), StubStack()
-    runtime = StackRuntime(device, cast(Stack, stack))
+    runtime = StackRuntime(device, stack)
     runtime.start()
     try:
         yield runtime, device, stack
@@ -271,21 +269,21 @@ def test_offload_segments_go_out_with_their_gso_size(
 def test_runtime_refuses_segments_the_device_cannot_carry() -> None:
     device = FakeDevice()
     with pytest.raises(ValueError, match="MTU"):
-        StackRuntime(device, cast(Stack, Stack(1, TCPConfig(mss=1461))))
+        StackRuntime(device, Stack(1, TCPConfig(mss=1461)))
     device.offload = False
     with pytest.raises(ValueError, match="offloads"):
-        StackRuntime(device, cast(Stack, Stack(1, TCPConfig(gso_max_size=0xFFFF))))
+        StackRuntime(device, Stack(1, TCPConfig(gso_max_size=0xFFFF)))
     device.close()
 
 
 def test_stop_lifecycle() -> None:
     device = FakeDevice()
-    runtime = StackRuntime(device, cast(Stack, StubStack()))
+    runtime = StackRuntime(device, StubStack())
     runtime.stop()  # never started: just releases the device
     assert device.closed and not runtime.running
     with pytest.raises(RuntimeError):
         runtime.start()
-    with StackRuntime(FakeDevice(), cast(Stack, StubStack())) as runtime:
+    with StackRuntime(FakeDevice(), StubStack()) as runtime:
         assert runtime.running
         with pytest.raises(RuntimeError):
             runtime.call(runtime.stop).result(STEP)  # not from the loop thread
@@ -300,7 +298,7 @@ def test_stop_lifecycle() -> None:
 
 def test_end_callbacks_run_once_on_the_loop_thread_after_the_loop() -> None:
     calls: list[tuple[str, bool]] = []
-    runtime = StackRuntime(FakeDevice(), cast(Stack, StubStack()))
+    runtime = StackRuntime(FakeDevice(), StubStack())
 
     def failing() -> None:
         raise ValueError("logged, not propagated")
@@ -314,7 +312,7 @@ def test_end_callbacks_run_once_on_the_loop_thread_after_the_loop() -> None:
 
 def test_stop_from_a_signal_handler() -> None:
     """The handler runs on the main thread while it waits for a call: stop() must not deadlock on it."""
-    runtime = StackRuntime(FakeDevice(), cast(Stack, StubStack())).start()
+    runtime = StackRuntime(FakeDevice(), StubStack()).start()
     stopped: list[bool] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -338,7 +336,7 @@ def test_stop_from_a_signal_handler_inside_an_operation() -> None:
     """The handler interrupts the main thread inside ``run``, holding the engine lock the loop needs to
     finish: the stop completes as the operation ends, before it returns, instead of deadlocking."""
     device = FakeDevice()
-    runtime = StackRuntime(device, cast(Stack, StubStack())).start()
+    runtime = StackRuntime(device, StubStack()).start()
     stopped: list[bool] = []
 
     def handler(signum: int, frame: object) -> None:

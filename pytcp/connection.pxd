@@ -1,0 +1,4 @@
+from pytcp.tcp_input cimport InputMixin
+
+cdef class Connection(InputMixin):
+    pass

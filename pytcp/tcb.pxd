@@ -1,0 +1,80 @@
+from pytcp.sender cimport Sender
+from pytcp.receiver cimport Receiver
+from pytcp.rtt cimport RTTEstimator
+from pytcp.recovery cimport Recovery
+from pytcp.timers cimport Timers
+from pytcp.state cimport StateMachine
+
+cdef class TCB:
+    cdef public object _ack_now
+    cdef public object _ctl
+    cdef public object _emit
+    cdef public object _error
+    cdef public object _fin_deferred
+    cdef public object _keepalive
+    cdef public object _keepalive_intvl
+    cdef public object _keepalive_probes
+    cdef public object _keepalive_time
+    cdef public object _last_ack_sent
+    cdef public object _last_oow_ack
+    cdef public object _last_rcv
+    cdef public object _last_send
+    cdef public object _limiter
+    cdef public object _max_sack_blocks
+    cdef public object _mss_table
+    cdef public object _nodelay
+    cdef public object _orphan
+    cdef public object _passive
+    cdef public object _persist_backoff
+    cdef public object _persist_force
+    cdef public object _probe_due
+    cdef public object _probes
+    cdef public object _rcvbuf_lock
+    cdef public object _rd_shut
+    cdef public object _readable_notified
+    cdef public object _recv_cap
+    cdef public object _retransmits
+    cdef public StateMachine _sm
+    cdef public object _soft_error
+    cdef public object _stall_since
+    cdef public object _syn_pending
+    cdef public object _syn_rtx_at
+    cdef public object _syn_sent_at
+    cdef public object _tx_dirty
+    cdef public object _user_timeout
+    cdef public object _wake
+    cdef public object _want_writable
+    cdef public object _wr_shut
+    cdef public object bytes_acked
+    cdef public object bytes_received
+    cdef public object bytes_sent
+    cdef public object cc
+    cdef public object config
+    cdef public object irs
+    cdef public object iss
+    cdef public object local_addr
+    cdef public object local_port
+    cdef public object max_snd_wnd
+    cdef public object mib
+    cdef public object min_rtt
+    cdef public Receiver rcv
+    cdef public object rcv_wscale
+    cdef public Recovery rec
+    cdef public object remote_addr
+    cdef public object remote_port
+    cdef public RTTEstimator rtt
+    cdef public object sack_ok
+    cdef public Sender snd
+    cdef public object snd_mss
+    cdef public object snd_wl1
+    cdef public object snd_wl2
+    cdef public object snd_wnd
+    cdef public object snd_wscale
+    cdef public Timers timers
+    cdef public object total_retrans
+    cdef public object ts_ok
+    cdef public object ts_recent
+    cdef public object ts_recent_time
+    cdef public object wscale_ok
+    cpdef _apply(self, event, double now, str note=*)
+    cpdef _rearm(self, double now)
