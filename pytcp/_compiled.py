@@ -6,9 +6,10 @@ one), and records a digest of each source and its declarations in ``compiled.sha
 stays in the package as the pure-Python twin. The switches of tcpcore apply here too:
 
 - ``TCPCORE_NO_EXTENSIONS=1``: every module loads from its source;
-- otherwise a module loads compiled when it was built from its source as it is now; one built from
-  another version (a checkout edited since its last build) loads from its source instead, with a
-  warning, so stale machine code never hides an edit;
+- otherwise the modules load compiled when each was built from its source as it is now; when one was
+  built from another version (a checkout edited since its last build) or is missing, all of them load
+  from their source, with a warning, so stale machine code never hides an edit (all or none: the
+  compiled modules share extension types);
 - ``TCPCORE_REQUIRE_EXTENSIONS=1`` (CI) turns a missing or stale compiled module into an ImportError.
 """
 
@@ -56,33 +57,53 @@ def compiled_modules(directory: Path = PACKAGE_DIR) -> dict[str, str]:
 
 
 class _EngineFinder(importlib.abc.MetaPathFinder):
-    """Routes the manifest's modules to their source when their compiled form must not be used."""
+    """Routes the manifest's modules to their source when their compiled form must not be used.
+
+    All of them or none: the compiled modules share extension types (a compiled Connection derives
+    from the compiled TCB, and cannot from one loaded from source), so one stale or missing module
+    sends every one of them to its source.
+    """
 
     def __init__(self, directory: Path, digests: dict[str, str], use_compiled: bool, require: bool) -> None:
         self._directory = directory
         self._digests = digests
         self._use_compiled = use_compiled
         self._require = require
+        self._problems: dict[str, str] | None = None  # found at the first engine import
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        digest = self._digests.get(fullname)
-        if digest is None:
+        if fullname not in self._digests:
             return None
-        # pytcp.congestion.cubic -> <package dir>/congestion/cubic.py
-        source = self._directory.joinpath(*fullname.split(".")[1:]).with_suffix(".py")
         if self._use_compiled:
-            problem = self._problem(source, digest)
-            if problem is None:
+            problems = self._check()
+            if not problems:
                 return None  # the usual finders take the extension module before the source
             if self._require:
-                raise ImportError(f"{fullname}: {problem} (TCPCORE_REQUIRE_EXTENSIONS is set)", name=fullname)
-            logger.warning(
-                "%s: %s; using its source (rebuild: python setup.py build_ext --inplace)", fullname, problem
-            )
+                name, problem = next(iter(problems.items()))
+                raise ImportError(f"{name}: {problem} (TCPCORE_REQUIRE_EXTENSIONS is set)", name=fullname)
+        source = self._source(fullname)
         loader = importlib.machinery.SourceFileLoader(fullname, str(source))
         return importlib.util.spec_from_file_location(fullname, source, loader=loader)
+
+    def _source(self, fullname: str) -> Path:
+        # pytcp.congestion.cubic -> <package dir>/congestion/cubic.py
+        return self._directory.joinpath(*fullname.split(".")[1:]).with_suffix(".py")
+
+    def _check(self) -> dict[str, str]:
+        """Each module whose compiled form cannot be used, and why; warns once when there is one."""
+        if self._problems is None:
+            self._problems = {}
+            for name, digest in self._digests.items():
+                problem = self._problem(self._source(name), digest)
+                if problem is not None:
+                    self._problems[name] = problem
+            if self._problems and not self._require:
+                listed = "; ".join(f"{name}: {problem}" for name, problem in self._problems.items())
+                rebuild = "python setup.py build_ext --inplace"
+                logger.warning("%s; the engine's modules load from source (rebuild: %s)", listed, rebuild)
+        return self._problems
 
     @staticmethod
     def _problem(source: Path, digest: str) -> str | None:

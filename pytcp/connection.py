@@ -22,19 +22,34 @@ from tcpcore import TCPSegment
 
 from .config import TCPConfig, check_knob
 from .receiver import Receiver, choose_wscale
-from .state import Event, State
+from .state import (
+    APP_ABORT,
+    APP_CLOSE,
+    APP_CONNECT,
+    APP_LISTEN,
+    CLOSE_WAIT,
+    CLOSED,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LISTEN,
+    RCV_SYN,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    TIME_WAIT_REUSE,
+    State,
+)
 from .tcb import ChallengeAckLimiter, ts_clock
 from .tcp_input import InputMixin
-from .timers import TimerKind
+from .timers import KEEPALIVE, RETRANSMIT, TimerKind
 
 __all__ = ["ChallengeAckLimiter", "Connection", "TCPInfo"]
 
-_SEND_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT)
-_READ_STATES = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
+_SEND_STATES = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)
+_READ_STATES = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)
 # RFC 9293 3.10.5 ABORT: these states tell the peer with a RST; the others just delete the TCB.
-_ABORT_RST_STATES = frozenset(
-    {State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT}
-)
+_ABORT_RST_STATES = (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT)
 _ERRORS: dict[int, type[OSError]] = {
     ECONNRESET: ConnectionResetError,
     ECONNREFUSED: ConnectionRefusedError,
@@ -127,19 +142,19 @@ class Connection(InputMixin):
     @_app_call
     def connect(self, now: float) -> None:
         """Active OPEN (RFC 9293 3.10.1): CLOSED -> SYN-SENT with our SYN queued."""
-        if self._sm.state is not State.CLOSED or self._syn_sent_at is not None:
+        if self._sm.state is not CLOSED or self._syn_sent_at is not None:
             raise _os_error(EISCONN)
-        self._apply(Event.APP_CONNECT, now)
+        self._apply(APP_CONNECT, now)
         self._syn_pending = 1
         self._tx_dirty = True
-        self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        self.timers.arm(RETRANSMIT, now + self.rtt.rto)
 
     @_app_call
     def accept_syn(self, syn: TCPSegment, now: float) -> None:
         """Become the child TCB of a listener for ``syn`` (RFC 9293 3.10.7.2 third check): LISTEN ->
         SYN-RECEIVED with our SYN-ACK queued. Text on the SYN is not accepted (the peer resends it)."""
         self._passive = True
-        self._apply(Event.APP_LISTEN, now, "child of a listener")
+        self._apply(APP_LISTEN, now, "child of a listener")
         self._negotiate(syn.mss, syn.wscale, syn.sack_permitted, syn.has_timestamps)
         self._new_receiver(syn.seq)
         if self.ts_ok:
@@ -148,8 +163,8 @@ class Connection(InputMixin):
         self.snd_wl1 = syn.seq
         self._syn_pending = 1
         self._tx_dirty = True
-        self._apply(Event.RCV_SYN, now)
-        self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        self._apply(RCV_SYN, now)
+        self.timers.arm(RETRANSMIT, now + self.rtt.rto)
 
     @_app_call
     def establish_from_cookie(
@@ -158,14 +173,14 @@ class Connection(InputMixin):
         """A valid SYN-cookie ACK (RFC 4987 3.6): LISTEN -> SYN-RECEIVED from the cookie's options, then
         the ACK itself completes the handshake and its text and FIN are processed as usual."""
         self._passive = True
-        self._apply(Event.APP_LISTEN, now, "child of a listener")
+        self._apply(APP_LISTEN, now, "child of a listener")
         self._negotiate(mss, wscale, sack, timestamps)
         self._new_receiver(irs)
         if self.ts_ok and ack.has_timestamps:
             self._set_ts_recent(ack.ts_val, now)
-        self._apply(Event.RCV_SYN, now, "SYN cookie")
+        self._apply(RCV_SYN, now, "SYN cookie")
         # Should the ACK not complete the handshake, the SYN-ACK is retransmitted as for any child.
-        self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        self.timers.arm(RETRANSMIT, now + self.rtt.rto)
         self.handle_segment(ack, now)
 
     # -- data ---------------------------------------------------------------------------------------
@@ -178,7 +193,7 @@ class Connection(InputMixin):
             raise _os_error(self._error)
         state = self._sm.state
         if self._wr_shut or state not in _SEND_STATES:
-            raise _os_error(ENOTCONN if state is State.CLOSED and not self._wr_shut else EPIPE)
+            raise _os_error(ENOTCONN if state is CLOSED and not self._wr_shut else EPIPE)
         n = self.snd.write(data)
         if n < (data.nbytes if isinstance(data, memoryview) else len(data)):  # bytes, not items
             self._want_writable = True
@@ -243,7 +258,7 @@ class Connection(InputMixin):
         if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
             raise ValueError(f"bad shutdown mode {how!r}")
         state = self._sm.state
-        if state is State.CLOSED or state is State.LISTEN:
+        if state is CLOSED or state is LISTEN:
             raise _os_error(ENOTCONN)
         if how != socket.SHUT_WR:
             self._rd_shut = True
@@ -256,7 +271,7 @@ class Connection(InputMixin):
         if self._wr_shut:
             return
         self._wr_shut = True
-        if self._sm.state in _SEND_STATES and self._sm.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+        if self._sm.state in _SEND_STATES and self._sm.state not in (ESTABLISHED, CLOSE_WAIT):
             # RFC 9293 3.10.4: queued until ESTABLISHED (in SYN-RECEIVED too, see pytcp.state).
             self._fin_deferred = True
         else:
@@ -271,10 +286,10 @@ class Connection(InputMixin):
         self._orphan = True
         self._tx_dirty = True
         state = self._sm.state
-        if state is State.CLOSED or state is State.TIME_WAIT:
+        if state is CLOSED or state is TIME_WAIT:
             return
-        if state is State.SYN_SENT or state is State.LISTEN:
-            self._apply(Event.APP_CLOSE, now)
+        if state is SYN_SENT or state is LISTEN:
+            self._apply(APP_CLOSE, now)
             return
         rcv = self.rcv
         if rcv is not None and rcv.readable and not self._rd_shut:
@@ -282,14 +297,14 @@ class Connection(InputMixin):
             self._abort(now)
             return
         self._shut_write(now)
-        if self._sm.state is State.FIN_WAIT_2:
+        if self._sm.state is FIN_WAIT_2:
             self.timers.arm(TimerKind.FIN_WAIT_2, now + self.config.fin_timeout)
         self._rearm(now)
 
     @_app_call
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 3.10.5, SO_LINGER 0): RST now if the peer is synchronized, then CLOSED."""
-        if self._sm.state is State.CLOSED:
+        if self._sm.state is CLOSED:
             return
         self._orphan = True
         if self._sm.state in _ABORT_RST_STATES:
@@ -299,7 +314,7 @@ class Connection(InputMixin):
     def _abort(self, now: float) -> None:
         if self._sm.state in _ABORT_RST_STATES:
             self._reset_peer()
-        self._apply(Event.APP_ABORT, now)
+        self._apply(APP_ABORT, now)
 
     # -- status -------------------------------------------------------------------------------------
     @property
@@ -320,12 +335,12 @@ class Connection(InputMixin):
         """The peer's FIN arrived and every byte before it was read (or the connection is gone)."""
         rcv = self.rcv
         if rcv is None:
-            return self._sm.state is State.CLOSED and self._error is None and self._wr_shut
+            return self._sm.state is CLOSED and self._error is None and self._wr_shut
         return (rcv.fin_done or self._rd_shut) and not self.readable
 
     @property
     def closed(self) -> bool:
-        return self._sm.state is State.CLOSED
+        return self._sm.state is CLOSED
 
     @property
     def error(self) -> int | None:
@@ -378,13 +393,13 @@ class Connection(InputMixin):
         timers = self.timers
         kind = timers.kind
         if not self._keepalive:
-            if kind is TimerKind.KEEPALIVE:
+            if kind is KEEPALIVE:
                 timers.stop()
             return
         snd = self.snd
         idle = snd.nxt == snd.una == snd.end and not self._probes
-        if (kind is None or kind is TimerKind.KEEPALIVE) and idle and self._keepalive_active():
-            timers.arm(TimerKind.KEEPALIVE, self._last_rcv + self._keepalive_time)
+        if (kind is None or kind is KEEPALIVE) and idle and self._keepalive_active():
+            timers.arm(KEEPALIVE, self._last_rcv + self._keepalive_time)
 
     @_app_call
     def set_buffer_sizes(self, recv: int | None = None, send: int | None = None) -> None:
@@ -411,8 +426,8 @@ class Connection(InputMixin):
     @_app_call
     def reuse_time_wait(self, now: float) -> None:
         """The stack hands this TIME-WAIT 4-tuple to a new incarnation (RFC 6191, Linux tcp_tw_reuse)."""
-        if self._sm.state is State.TIME_WAIT:
-            self._apply(Event.TIME_WAIT_REUSE, now)
+        if self._sm.state is TIME_WAIT:
+            self._apply(TIME_WAIT_REUSE, now)
 
     def info(self) -> TCPInfo:
         snd = self.snd

@@ -22,7 +22,7 @@ from tcpcore import ACK, FIN, RST, SYN
 
 from .config import TCPConfig
 from .mib import MIB
-from .state import Event, State, StateMachine, TransitionRecord
+from .state import APP_CLOSE, APP_LISTEN, CLOSED, State, StateMachine, TransitionRecord
 from .syncookies import COOKIE_MAX_AGE, COOKIE_PERIOD, CookieOptions, SynCookies
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class Listener:
         # (Linux tcp_synq_no_recent_overflow).
         self._cookie_sent_at: float | None = None
         self._machine = StateMachine(name=f"listen :{port}", tracer=tracer)
-        self._machine.apply(Event.APP_LISTEN, now)
+        self._machine.apply(APP_LISTEN, now)
 
     def __repr__(self) -> str:
         return (
@@ -146,7 +146,7 @@ class Listener:
 
     @property
     def closed(self) -> bool:
-        return self._machine.state is State.CLOSED
+        return self._machine.state is CLOSED
 
     def accept_queue_full(self) -> bool:
         return len(self.accept_queue) >= self.accept_limit
@@ -263,7 +263,7 @@ class Listener:
     def close(self, now: float) -> list[Connection]:
         """LISTEN -> CLOSED; returns the queued children, which the stack resets (Linux
         inet_csk_listen_stop aborts both queues)."""
-        self._machine.apply(Event.APP_CLOSE, now)
+        self._machine.apply(APP_CLOSE, now)
         children = [*self.syn_queue.values(), *self.accept_queue]
         self.syn_queue.clear()
         self.accept_queue.clear()

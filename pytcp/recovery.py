@@ -30,6 +30,10 @@ class Phase(enum.Enum):
     LOSS = "loss"  # after a retransmission timeout, until everything sent before it is acknowledged
 
 
+# The members as module constants, as pytcp.state's and for the same reason.
+OPEN, RECOVERY, LOSS = Phase.OPEN, Phase.RECOVERY, Phase.LOSS
+
+
 class Recovery:
     """Duplicate-ACK counting and the recovery phase of one connection."""
 
@@ -67,7 +71,7 @@ class Recovery:
         timer may restart on it (RFC 6298 5.3; NewReno's "impatient" variant, RFC 6582 4)."""
         una = snd.una
         phase = self.phase
-        if phase is Phase.RECOVERY:
+        if phase is RECOVERY:
             if una >= self.recover:
                 # RFC 6582 3.2 step 6 / RFC 6675 5 (A): a full acknowledgment ends recovery.
                 self._exit(cc, now)
@@ -91,14 +95,14 @@ class Recovery:
                 # RFC 6582 3.2 step 4 (RFC 5681 3.2 step 4): each further duplicate inflates cwnd.
                 self.inflation += mss
             return False
-        if phase is Phase.LOSS and una >= self.recover:
+        if phase is LOSS and una >= self.recover:
             # Everything sent before the timeout is acknowledged (Linux tcp_try_undo_recovery path).
             self.phase = Phase.OPEN
         if acked > 0:
             # RFC 6675 5: a cumulative ACK resets DupAcks (and ends RFC 3042 limited transmit).
             self.dupacks = 0
             self.inflation = 0
-        if self.phase is Phase.LOSS:
+        if self.phase is LOSS:
             if newly_sacked:
                 snd.update_lost(mss)
             return acked > 0

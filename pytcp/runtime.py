@@ -60,7 +60,7 @@ from .netns import NetNamespace
 from .pcap import PcapWriter, open_pcap
 from .socket import Socket
 from .stack import Stack, Tracer
-from .state import State
+from .state import CLOSED, TIME_WAIT
 from .tcp_output import OffloadSegment, Packet
 from .tun import TunDevice
 from .vnet import VnetHeader
@@ -91,7 +91,7 @@ TCPIP_HEADERS = IPV4_HEADER_MIN + TCP_HEADER_MIN
 TUN_GSO_MAX_SIZE = 0xFFFF
 #: States a connection may be left in when the runtime stops: TIME-WAIT only protects against old
 #: duplicates, which cannot outlive the device that is about to be removed.
-_SETTLED = frozenset({State.CLOSED, State.TIME_WAIT})
+_SETTLED = frozenset({CLOSED, TIME_WAIT})
 
 
 class RuntimeNotRunning(OSError):

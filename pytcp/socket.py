@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 from .addresses import dotted, parse_endpoint
 from .config import ConfigError, check_knob
-from .state import State
+from .state import CLOSED, SYN_RECEIVED, SYN_SENT
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -87,7 +87,7 @@ _SOCKET_OPTIONS: Final = frozenset(
     }
 )
 _READ_ONLY: Final = frozenset({_socket.SO_ERROR, _socket.SO_TYPE, _socket.SO_ACCEPTCONN})
-_CONNECTING: Final = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
+_CONNECTING: Final = frozenset({SYN_SENT, SYN_RECEIVED})
 _WILDCARD: Final = "0.0.0.0"
 
 
@@ -296,7 +296,7 @@ class Socket:
         conn = self._conn
         if self._listener is not None:
             raise _error(errno.EISCONN)
-        if conn is not None and conn.state is State.CLOSED:
+        if conn is not None and conn.state is CLOSED:
             error = self._report(conn)
             if error is not None:
                 raise error  # the outcome of an earlier non-blocking attempt
@@ -450,7 +450,7 @@ class Socket:
                 conn.abort(now)
             else:
                 conn.close(now)
-            if conn.state is not State.CLOSED:
+            if conn.state is not CLOSED:
                 # Wake threads still blocked on this socket (they get EBADF), then let it go.
                 runtime.notify(runtime.watch(conn))
                 runtime.unwatch(conn)
@@ -547,7 +547,7 @@ class Socket:
     def getpeername(self) -> tuple[str, int]:
         self._check_open()
         conn = self._conn
-        if conn is None or conn.state in _CONNECTING or conn.state is State.CLOSED:
+        if conn is None or conn.state in _CONNECTING or conn.state is CLOSED:
             raise _error(errno.ENOTCONN)
         return dotted(conn.remote_addr), conn.remote_port
 

@@ -36,7 +36,7 @@ from .icmp import DEST_UNREACHABLE, IcmpReply, build_icmp, handle_icmp
 from .isn import IsnGenerator, PortAllocator
 from .listener import InterceptListener, ListenAction, Listener, PendingRequest, Refusal
 from .mib import MIB
-from .state import State, TransitionRecord
+from .state import CLOSED, SYN_RECEIVED, TIME_WAIT, TransitionRecord
 from .syncookies import SynCookies, encode_timestamp
 from .tcb import DEFAULT_MSS
 from .tcp_output import Packet
@@ -384,7 +384,7 @@ class Stack:
                 }
             )
         for (laddr, lport, raddr, rport), conn in self._conns.items():
-            if conn.state is State.CLOSED:
+            if conn.state is CLOSED:
                 continue  # a promiscuous listener's pending request: no TCB has opened yet
             info = conn.info()
             rows.append(
@@ -460,7 +460,7 @@ class Stack:
         """Push a heap entry when the connection's deadline moved; the old entry goes stale."""
         due = conn.get_timer()
         armed = self._armed.get(conn)
-        if due is None or conn.state is State.CLOSED:
+        if due is None or conn.state is CLOSED:
             if armed is not None:
                 del self._armed[conn]
             return
@@ -496,13 +496,13 @@ class Stack:
 
     def _deliver(self, conn: Connection, key: Key, seg: TCPSegment, now: float) -> None:
         listener = self._parents.get(key)
-        if listener is not None and conn.state is State.CLOSED:
+        if listener is not None and conn.state is CLOSED:
             assert isinstance(listener, InterceptListener)
             listener.pending_input(seg)
             return
         if (
             listener is not None
-            and conn.state is State.SYN_RECEIVED
+            and conn.state is SYN_RECEIVED
             and seg.flags & (ACK | RST | SYN) == ACK
             and not listener.admits_final_ack()
         ):
@@ -515,7 +515,7 @@ class Stack:
         TIME-WAIT opens a new incarnation when a listener exists and the SYN is newer than anything of
         the old one (sequence number beyond RCV.NXT, or a newer timestamp). The old TCB goes; the SYN is
         then processed by the listener. Returns True when the SYN was taken over."""
-        if conn.state is not State.TIME_WAIT:  # the caller checked the flags
+        if conn.state is not TIME_WAIT:  # the caller checked the flags
             return False
         listener = self._listeners.get((key[0], key[1])) or self._interceptor(key[0])
         if listener is None:
@@ -542,7 +542,7 @@ class Stack:
         stamp = conn.ts_recent_time
         return (
             self.config.tw_reuse
-            and conn.state is State.TIME_WAIT
+            and conn.state is TIME_WAIT
             and conn.ts_recent is not None
             and stamp is not None
             and now - stamp >= TW_REUSE_AGE

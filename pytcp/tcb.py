@@ -22,8 +22,26 @@ from .receiver import MAX_WSCALE, Receiver, choose_wscale
 from .recovery import Recovery
 from .rtt import RTTEstimator
 from .sender import Sender
-from .state import Event, State, StateMachine, TransitionRecord
-from .timers import TimerKind, Timers
+from .state import (
+    APP_CLOSE,
+    CLOSE_WAIT,
+    CLOSED,
+    ESTABLISHED,
+    FIN_WAIT_2,
+    GIVE_UP,
+    LISTEN,
+    RCV_ACK_OF_FIN,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    TIME_WAIT_REUSE,
+    TIMEOUT_TIME_WAIT,
+    Event,
+    State,
+    StateMachine,
+    TransitionRecord,
+)
+from .timers import KEEPALIVE, PERSIST, RETRANSMIT, TimerKind, Timers
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -38,14 +56,16 @@ MIN_SND_MSS = 48
 #: RFC 7323 5.5: a TS.Recent older than 24 days is no longer valid for PAWS.
 PAWS_IDLE = 24 * 86400.0
 
-_ESTABLISHED_LIKE = frozenset({State.ESTABLISHED, State.CLOSE_WAIT})  # RFC 4022 tcpCurrEstab
+_ESTABLISHED_LIKE = (ESTABLISHED, CLOSE_WAIT)  # RFC 4022 tcpCurrEstab
 # Per-packet state sets are tuples: membership tests identity first and never calls Enum.__hash__ (a
 # Python function) as a frozenset would.
-_SYN_STATES = (State.SYN_SENT, State.SYN_RECEIVED)
+_SYN_STATES = (SYN_SENT, SYN_RECEIVED)
 #: Ends of a connection that lose nothing: what arrived before the peer's FIN stays readable in CLOSED
 #: until the application reads it (Linux tcp_done leaves the receive queue to a socket not yet closed).
-_ORDERLY_ENDS = (Event.RCV_ACK_OF_FIN, Event.TIMEOUT_TIME_WAIT, Event.TIME_WAIT_REUSE)
-_KEEPALIVE_STATES = (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_2)
+_ORDERLY_ENDS = (RCV_ACK_OF_FIN, TIMEOUT_TIME_WAIT, TIME_WAIT_REUSE)
+_KEEPALIVE_STATES = (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2)
+_IDLE_STATES = (CLOSED, LISTEN)  # no segments in or out
+_STATE_TIMERS = (TimerKind.TIME_WAIT, TimerKind.FIN_WAIT_2)  # owned by their state: never re-armed
 
 
 def _no_wake(conn: Connection) -> None:
@@ -200,7 +220,7 @@ class TCB:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         name = f"{dotted(local_addr)}:{local_port}>{dotted(remote_addr)}:{remote_port}"
-        self._sm = StateMachine(State.CLOSED, name=name, tracer=tracer)
+        self._sm = StateMachine(CLOSED, name=name, tracer=tracer)
         self.iss = iss & MASK
         self.irs = 0
         self.snd = Sender(config.send_buffer)
@@ -307,34 +327,34 @@ class TCB:
         if (old in _ESTABLISHED_LIKE) != (new in _ESTABLISHED_LIKE):
             mib.CurrEstab += 1 if new in _ESTABLISHED_LIKE else -1
         # RFC 4022 counters, all defined as transitions.
-        if new is State.SYN_SENT and old is State.CLOSED:
+        if new is SYN_SENT and old is CLOSED:
             mib.ActiveOpens += 1
-        elif new is State.SYN_RECEIVED and old is State.LISTEN:
+        elif new is SYN_RECEIVED and old is LISTEN:
             mib.PassiveOpens += 1
-        elif new is State.LISTEN and old is State.SYN_RECEIVED:
+        elif new is LISTEN and old is SYN_RECEIVED:
             mib.AttemptFails += 1
-        elif new is State.CLOSED:
+        elif new is CLOSED:
             if old in _SYN_STATES:
                 mib.AttemptFails += 1
             elif old in _ESTABLISHED_LIKE:
                 mib.EstabResets += 1
-            elif old is State.TIME_WAIT and event is Event.TIMEOUT_TIME_WAIT:
+            elif old is TIME_WAIT and event is TIMEOUT_TIME_WAIT:
                 mib.TW += 1
             self._teardown(keep_unread=event in _ORDERLY_ENDS and not self._orphan)
             self._notify(events.Closed)
-        elif new is State.ESTABLISHED:
+        elif new is ESTABLISHED:
             self._on_established(now)
             self._notify(events.Connected)
             if self._fin_deferred:
                 self._fin_deferred = False
                 self._queue_fin(now)
-        elif new is State.TIME_WAIT:
+        elif new is TIME_WAIT:
             # RFC 9293 3.10.7.4: TIME-WAIT lasts 2 MSL; nothing of ours is outstanding any more.
             self.timers.arm(TimerKind.TIME_WAIT, now + self.config.time_wait)
             self.snd.reset()
             if self.rcv is not None and not self.rcv.readable:
                 self.rcv.release()  # unread bytes stay readable (a half-closed reader may be behind)
-        elif new is State.FIN_WAIT_2 and self._orphan:
+        elif new is FIN_WAIT_2 and self._orphan:
             self.timers.arm(TimerKind.FIN_WAIT_2, now + self.config.fin_timeout)
         return new
 
@@ -366,15 +386,15 @@ class TCB:
             self.rtt.restart_after_syn_timeout()  # RFC 6298 5.7
         self._retransmits = 0
         self._last_send = now
-        self.timers.stop(TimerKind.RETRANSMIT)
+        self.timers.stop(RETRANSMIT)
 
     def _queue_fin(self, now: float) -> None:
         """The user's CLOSE in a synchronized state (RFC 9293 3.10.4): FIN after the queued data."""
         state = self._sm.state
-        if state is State.ESTABLISHED or state is State.CLOSE_WAIT:
+        if state is ESTABLISHED or state is CLOSE_WAIT:
             self.snd.fin_queued = True
             self._tx_dirty = True
-            self._apply(Event.APP_CLOSE, now)
+            self._apply(APP_CLOSE, now)
 
     # -- option negotiation -------------------------------------------------------------------------
     def _negotiate(self, mss: int, wscale: int, sack: bool, timestamps: bool) -> None:
@@ -429,28 +449,28 @@ class TCB:
         timers = self.timers
         kind = timers.kind
         state = self._sm.state
-        if kind is TimerKind.TIME_WAIT or kind is TimerKind.FIN_WAIT_2 or state is State.CLOSED:
+        if kind in _STATE_TIMERS or state is CLOSED:
             return
         if state in _SYN_STATES:
-            if kind is not TimerKind.RETRANSMIT and (self._syn_sent_at is not None or self._syn_pending):
-                timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+            if kind is not RETRANSMIT and (self._syn_sent_at is not None or self._syn_pending):
+                timers.arm(RETRANSMIT, now + self.rtt.rto)
             return
         snd = self.snd
         if snd.nxt != snd.una:
             # RFC 6298 5.1: data (or a FIN) is outstanding; a probe got through (Linux tcp_ack_probe).
             self._persist_backoff = 0
-            if kind is not TimerKind.RETRANSMIT:
-                timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+            if kind is not RETRANSMIT:
+                timers.arm(RETRANSMIT, now + self.rtt.rto)
             return
         if snd.pending:
             # Data waits for the window and nothing is in flight: the persist timer (RFC 9293 3.8.6.1).
-            if kind is not TimerKind.PERSIST:
-                timers.arm(TimerKind.PERSIST, now + self._persist_timeout())
+            if kind is not PERSIST:
+                timers.arm(PERSIST, now + self._persist_timeout())
             return
         self._persist_backoff = 0
         if self._keepalive_active():
-            if kind is not TimerKind.KEEPALIVE:
-                timers.arm(TimerKind.KEEPALIVE, self._last_rcv + self._keepalive_time)
+            if kind is not KEEPALIVE:
+                timers.arm(KEEPALIVE, self._last_rcv + self._keepalive_time)
         elif kind is not None:
             timers.stop()
 
@@ -458,11 +478,7 @@ class TCB:
         """SO_KEEPALIVE applies: on, and in a state Linux probes in (not an orphan's FIN-WAIT-2, which
         has its own timer)."""
         state = self._sm.state
-        return (
-            self._keepalive
-            and state in _KEEPALIVE_STATES
-            and not (state is State.FIN_WAIT_2 and self._orphan)
-        )
+        return self._keepalive and state in _KEEPALIVE_STATES and not (state is FIN_WAIT_2 and self._orphan)
 
     # -- socket options the timers read (TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT) -----------------
     @property
@@ -529,7 +545,7 @@ class TCB:
         seen meanwhile is the better explanation and replaces ``err``, as in Linux tcp_write_err."""
         err = self._soft_error or err
         state = self._sm.state
-        silent = state is State.SYN_RECEIVED and self._passive  # never seen by the application
+        silent = state is SYN_RECEIVED and self._passive  # never seen by the application
         if not silent:
             self.mib.TCPAbortOnTimeout += 1
         if reset_peer:
@@ -537,4 +553,4 @@ class TCB:
         self._error = err
         if not silent:
             self._notify(events.ConnectionFailed, err)
-        self._apply(Event.GIVE_UP, now, errno.errorcode.get(err, str(err)))
+        self._apply(GIVE_UP, now, errno.errorcode.get(err, str(err)))

@@ -29,25 +29,56 @@ from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 from . import events
 from .icmp import IcmpError, IcmpErrorKind
 from .receiver import DROPPED, FIN_NOW, NEW_DATA, OUT_OF_ORDER, Receiver
-from .recovery import Phase
+from .recovery import RECOVERY
 from .sender import Segment
-from .state import Event, State
-from .tcb import MASK, OOW_ACK_INTERVAL, PAWS_IDLE, TS_HZ, ts_clock
+from .state import (
+    APP_ABORT,
+    APP_CLOSE,
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    ICMP_ERROR,
+    LAST_ACK,
+    LISTEN,
+    PASSIVE_RESET,
+    RCV_ACK_OF_FIN,
+    RCV_ACK_OF_SYN,
+    RCV_FIN,
+    RCV_FIN_ACK_OF_FIN,
+    RCV_RST,
+    RCV_SYN,
+    RCV_SYN_ACK,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    State,
+)
+from .tcb import (
+    _IDLE_STATES,
+    MASK,
+    OOW_ACK_INTERVAL,
+    PAWS_IDLE,
+    TS_HZ,
+    ts_clock,
+)
 from .tcp_output import OutputMixin
-from .timers import TimerKind
+from .timers import RETRANSMIT, TimerKind
 
 __all__ = ["InputMixin"]
 
-_TEXT_STATES = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2)
-_HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED)
+_TEXT_STATES = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)
+_HANDSHAKE_STATES = (SYN_SENT, SYN_RECEIVED)
 # Header prediction's states (_predicted), the common one first: tuple membership tests identity in order.
 _PREDICTABLE = (
-    State.ESTABLISHED,
-    State.CLOSE_WAIT,
-    State.FIN_WAIT_1,
-    State.FIN_WAIT_2,
-    State.CLOSING,
-    State.LAST_ACK,
+    ESTABLISHED,
+    CLOSE_WAIT,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    CLOSING,
+    LAST_ACK,
 )
 # Half of the 32-bit timestamp space: a TSecr "older" than this is from another epoch, not an RTT.
 _TS_HALF = 1 << 31
@@ -71,14 +102,14 @@ class InputMixin(OutputMixin):
     def handle_segment(self, seg: TCPSegment, now: float) -> None:
         """Process one segment addressed to this connection (the stack demultiplexed it)."""
         state = self._sm.state
-        if state is State.CLOSED or state is State.LISTEN:
+        if state in _IDLE_STATES:
             return
         self._tx_dirty = True
-        if state is State.SYN_SENT:
+        if state is SYN_SENT:
             self._input_syn_sent(seg, now)
         else:
             self._input(seg, now, state)
-        if self._sm.state is not State.CLOSED:
+        if self._sm.state is not CLOSED:
             self._rearm(now)
 
     # -- SYN-SENT -----------------------------------------------------------------------------------
@@ -110,11 +141,11 @@ class InputMixin(OutputMixin):
             # will time the SYN-ACK, not our first SYN.
             self._syn_pending = 1
             self._syn_sent_at = None
-            self._apply(Event.RCV_SYN, now, "simultaneous open")
+            self._apply(RCV_SYN, now, "simultaneous open")
             return
         self._handshake_rtt(seg, now)
         self._ack_now = True
-        self._apply(Event.RCV_SYN_ACK, now)
+        self._apply(RCV_SYN_ACK, now)
         if seg.payload_length or flags & FIN:
             # "continue processing at the sixth step": text and FIN carried by the SYN,ACK.
             self._input_text(seg, seq_add(seg.seq, 1), False, now)
@@ -179,13 +210,13 @@ class InputMixin(OutputMixin):
         snd = self.snd
         fin_acked_now = False
         if snd.fin_queued and snd.fin_acked:
-            if state is State.LAST_ACK:
-                self._apply(Event.RCV_ACK_OF_FIN, now)
+            if state is LAST_ACK:
+                self._apply(RCV_ACK_OF_FIN, now)
                 return
-            if state is State.CLOSING:
-                self._apply(Event.RCV_ACK_OF_FIN, now)
+            if state is CLOSING:
+                self._apply(RCV_ACK_OF_FIN, now)
                 return
-            fin_acked_now = state is State.FIN_WAIT_1
+            fin_acked_now = state is FIN_WAIT_1
         if state in _TEXT_STATES:
             if drop_text:
                 self.mib.TCPZeroWindowDrop += 1
@@ -196,7 +227,7 @@ class InputMixin(OutputMixin):
         elif n or flags & FIN:
             self._ack_now = True  # text or FIN after the peer's FIN: a duplicate; ACK it
         if fin_acked_now:
-            self._apply(Event.RCV_ACK_OF_FIN, now)
+            self._apply(RCV_ACK_OF_FIN, now)
 
     def _predicted(self, seg: TCPSegment, state: State, flags: int, seq: int, n: int, rcv: Receiver) -> bool:
         """Header prediction (Van Jacobson's, which RFC 9293 3.10.7 mentions; Linux tcp_rcv_established's
@@ -218,7 +249,7 @@ class InputMixin(OutputMixin):
     ) -> bool | None:
         """RFC 9293 3.10.7.4 first to fifth checks up to the ACK field, with RFC 7323 PAWS and RFC 5961:
         None drops the segment (after any reply), else whether its text must be dropped (zero window)."""
-        if state is State.SYN_RECEIVED and seq == self.irs:
+        if state is SYN_RECEIVED and seq == self.irs:
             syn_flags = flags & (SYN | ACK | RST)
             if syn_flags == SYN:
                 # The peer repeated its SYN: our SYN-ACK was lost; answer at once (Linux tcp_check_req).
@@ -240,7 +271,7 @@ class InputMixin(OutputMixin):
         # unanswered-probe count of keep-alive and zero-window probing alike).
         self._last_rcv = now
         self._probes = 0
-        if state is State.TIME_WAIT and flags & (FIN | RST | SYN) == FIN and seq_add(seq, seglen) == rcv_nxt:
+        if state is TIME_WAIT and flags & (FIN | RST | SYN) == FIN and seq_add(seq, seglen) == rcv_nxt:
             # RFC 9293 3.10.7.4 eighth: the peer retransmitted its FIN (our ACK was lost): ACK it again
             # and restart the 2 MSL timeout.
             self._ack_now = True
@@ -265,7 +296,7 @@ class InputMixin(OutputMixin):
                 self._reply_to_invalid(seg, now, "TCPACKSkippedSeq")  # "send an acknowledgment in reply"
                 return None
         if flags & RST:
-            if state is State.TIME_WAIT:
+            if state is TIME_WAIT:
                 return None  # RFC 1337 TIME-WAIT assassination fix: ignore RST in TIME-WAIT
             if seq == rcv_nxt:
                 self._on_reset(now)  # RFC 5961 3.2: exactly RCV.NXT
@@ -273,7 +304,7 @@ class InputMixin(OutputMixin):
                 self._challenge_ack(now)  # RFC 5961 3.2: in the window, not exact
             return None
         if flags & SYN:
-            if state is State.SYN_RECEIVED and self._passive:
+            if state is SYN_RECEIVED and self._passive:
                 # RFC 9293 3.10.7.4 fourth check: a passive open returns to LISTEN (the child goes).
                 self._passive_reset(now, "rcv SYN")
             else:
@@ -281,7 +312,7 @@ class InputMixin(OutputMixin):
             return None
         if not flags & ACK:
             return None  # fifth check: "if the ACK bit is off, drop the segment and return"
-        if state is State.SYN_RECEIVED:
+        if state is SYN_RECEIVED:
             if seq_diff(seg.ack, self.iss) != 1:
                 self._queue_rst(seg.ack, 0, False)  # unacceptable ACK: <SEQ=SEG.ACK><CTL=RST>
                 return None
@@ -295,7 +326,7 @@ class InputMixin(OutputMixin):
         self.max_snd_wnd = max(self.max_snd_wnd, wnd)
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
-        self._apply(Event.RCV_ACK_OF_SYN, now)
+        self._apply(RCV_ACK_OF_SYN, now)
 
     def _paws_reject(self, seg: TCPSegment, now: float) -> bool:
         """RFC 7323 5.3 R1: SEG.TSval < TS.Recent, with TS.Recent still valid (5.5: < 24 days idle),
@@ -344,26 +375,26 @@ class InputMixin(OutputMixin):
     def _on_reset(self, now: float) -> None:
         """An acceptable RST (RFC 9293 3.10.7.3-4 second check): the connection is gone."""
         state = self._sm.state
-        if state is State.SYN_RECEIVED and self._passive:
+        if state is SYN_RECEIVED and self._passive:
             self._passive_reset(now, "rcv RST")
             return
-        err = ECONNREFUSED if state is State.SYN_SENT or state is State.SYN_RECEIVED else ECONNRESET
+        err = ECONNREFUSED if state is SYN_SENT or state is SYN_RECEIVED else ECONNRESET
         self._error = err
         self._notify(events.ConnectionReset, err)
-        self._apply(Event.RCV_RST, now)
+        self._apply(RCV_RST, now)
 
     def _passive_reset(self, now: float, note: str) -> None:
         """RFC 9293 3.10.7.4: a passively opened SYN-RECEIVED TCB returns to LISTEN; being the listener's
         child, it is then deleted (the listener itself stays)."""
-        self._apply(Event.PASSIVE_RESET, now, note)
-        self._apply(Event.APP_CLOSE, now, "child of a listener: delete the TCB")
+        self._apply(PASSIVE_RESET, now, note)
+        self._apply(APP_CLOSE, now, "child of a listener: delete the TCB")
 
     # -- ICMP -----------------------------------------------------------------------------------------
     def icmp_error(self, error: IcmpError, now: float) -> None:
         """An ICMP error quoting one of our segments (the stack matched ``error.key`` to this TCB), treated
         as Linux tcp_v4_err does."""
         state = self._sm.state
-        if state is State.CLOSED or state is State.LISTEN or state is State.TIME_WAIT:
+        if state is CLOSED or state is LISTEN or state is TIME_WAIT:
             return
         self._tx_dirty = True
         una = self.iss if state in _HANDSHAKE_STATES else (self.iss + self.snd.una) & MASK
@@ -375,13 +406,13 @@ class InputMixin(OutputMixin):
         if error.kind is IcmpErrorKind.FRAGMENTATION_NEEDED:
             self._path_mtu_dropped(error.mtu)
             return
-        if state is State.SYN_SENT or (state is State.SYN_RECEIVED and not self._passive):
+        if state is SYN_SENT or (state is SYN_RECEIVED and not self._passive):
             # Linux ends a connection attempt on any error about its SYN (soft ones too, unlike RFC 1122
             # 4.2.3.9's SHOULD NOT for established connections): connect() fails with that errno.
             self._error = error.errno
             self._notify(events.ConnectionFailed, error.errno)
-            self._apply(Event.ICMP_ERROR, now, error.kind.value)
-        elif state is State.SYN_RECEIVED:
+            self._apply(ICMP_ERROR, now, error.kind.value)
+        elif state is SYN_RECEIVED:
             if not error.kind.soft:
                 # Linux tcp_req_err: a hard error drops the half-open child silently (POSIX gives
                 # accept() no way to report it).
@@ -464,18 +495,18 @@ class InputMixin(OutputMixin):
             dup = d == 0 and not seg.payload_length and not seg.flags & (SYN | FIN) and not wnd_changed
             dup = dup and flight > 0
         if acked or dup:
-            was_recovering = rec.phase is Phase.RECOVERY
+            was_recovering = rec.phase is RECOVERY
             restart = rec.on_ack(
                 snd, cc, self.mib, acked=acked, newly_sacked=newly, dup=dup, mss=self.snd_mss, now=now
             )
-            if acked and not was_recovering and rec.phase is not Phase.RECOVERY:
+            if acked and not was_recovering and rec.phase is not RECOVERY:
                 cc.on_ack(acked, now, self.rtt.srtt, flight)
             if acked:
                 timers = self.timers
                 if snd.nxt == snd.una:
-                    timers.stop(TimerKind.RETRANSMIT)  # RFC 6298 5.2
+                    timers.stop(RETRANSMIT)  # RFC 6298 5.2
                 elif restart:
-                    timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.3
+                    timers.arm(RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.3
                 if self._want_writable and 2 * snd.free >= snd.capacity - snd.free:
                     # As Linux sk_stream_write_space: wake the writer once half of what is queued fits.
                     self._want_writable = False
@@ -553,7 +584,7 @@ class InputMixin(OutputMixin):
             # Linux tcp_rcv_state_process: reset (TCPAbortOnData).
             self.mib.TCPAbortOnData += 1
             self._reset_peer()
-            self._apply(Event.APP_ABORT, now, "data after close")
+            self._apply(APP_ABORT, now, "data after close")
             return
         if n >= rcv.rcv_mss and self.ts_ok and seg.has_timestamps and seg.ts_ecr != rcv.rtt_tsecr:
             self._rcv_rtt_ts(seg.ts_ecr, now)
@@ -579,9 +610,9 @@ class InputMixin(OutputMixin):
         if result & FIN_NOW:
             self._notify(events.PeerClosed)
             state = self._sm.state
-            if state is State.FIN_WAIT_1 and fin_acked_now:
-                self._apply(Event.RCV_FIN_ACK_OF_FIN, now)
+            if state is FIN_WAIT_1 and fin_acked_now:
+                self._apply(RCV_FIN_ACK_OF_FIN, now)
             else:
-                self._apply(Event.RCV_FIN, now)
+                self._apply(RCV_FIN, now)
         elif fin_acked_now:
-            self._apply(Event.RCV_ACK_OF_FIN, now)
+            self._apply(RCV_ACK_OF_FIN, now)

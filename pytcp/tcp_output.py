@@ -19,11 +19,11 @@ from tcpcore import ACK, FIN, PSH, SYN, build_tcp_ipv4, build_tcp_ipv4_into, tcp
 from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 
 from .receiver import choose_wscale
-from .recovery import Phase
+from .recovery import LOSS, RECOVERY
 from .sender import Segment
-from .state import Event, State
-from .tcb import _SYN_STATES, MASK, TCB, ts_clock
-from .timers import TimerKind
+from .state import CLOSED, SYN_RECEIVED, SYN_SENT, TIMEOUT_FIN_WAIT_2, TIMEOUT_TIME_WAIT
+from .tcb import _IDLE_STATES, _SYN_STATES, MASK, TCB, ts_clock
+from .timers import KEEPALIVE, PERSIST, RETRANSMIT, TimerKind
 
 __all__ = ["OffloadSegment", "OutputMixin", "Packet"]
 
@@ -65,13 +65,13 @@ class OutputMixin(TCB):
             ctl.clear()
         self._tx_dirty = False
         state = self._sm.state
-        if state is State.CLOSED or state is State.LISTEN:
+        if state in _IDLE_STATES:
             return
         if self._syn_pending:
             self._send_syn(now, out)
-        if state is State.SYN_SENT:
+        if state is SYN_SENT:
             return
-        if state is not State.SYN_RECEIVED:
+        if state is not SYN_RECEIVED:
             self._send_data(now, out)
             if self._probe_due:
                 # Zero-window and keep-alive probes alike, as Linux tcp_xmit_probe_skb: an old sequence
@@ -86,7 +86,7 @@ class OutputMixin(TCB):
         """Our SYN (SYN-SENT) or SYN,ACK (SYN-RECEIVED), with the options we offer (RFC 9293 3.7.1,
         RFC 7323 2.2 and 3.2, RFC 2018 2); SYNs carry no data and an unscaled window."""
         cfg = self.config
-        if self._sm.state is State.SYN_SENT:
+        if self._sm.state is SYN_SENT:
             flags, ack = SYN, 0
             wscale = choose_wscale(cfg.max_buffer) if cfg.window_scaling else -1
             sack = cfg.sack
@@ -128,8 +128,8 @@ class OutputMixin(TCB):
             self._syn_sent_at = now
         self._syn_pending = 0
         self._ack_now = False
-        if self.timers.kind is not TimerKind.RETRANSMIT:
-            self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)
+        if self.timers.kind is not RETRANSMIT:
+            self.timers.arm(RETRANSMIT, now + self.rtt.rto)
 
     def _send_data(self, now: float, out: list[Packet]) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1, NewReno and RTO retransmissions), then new data
@@ -142,7 +142,7 @@ class OutputMixin(TCB):
         rcv = self.rcv
         assert rec is not None and cc is not None and rcv is not None
         fin_end = snd.end + 1 if snd.fin_queued else snd.end
-        sack_recovery = self.sack_ok and rec.phase is Phase.RECOVERY
+        sack_recovery = self.sack_ok and rec.phase is RECOVERY
         force_rtx = rec.force_rtx  # one retransmission regardless of cwnd, in this run only
         rec.force_rtx = False
         if self._want_writable:
@@ -196,9 +196,9 @@ class OutputMixin(TCB):
                 break
             if rtx:
                 phase = rec.phase
-                if phase is Phase.RECOVERY:
+                if phase is RECOVERY:
                     mib.TCPFastRetrans += 1
-                elif phase is Phase.LOSS and not force_rtx:
+                elif phase is LOSS and not force_rtx:
                     mib.TCPSlowStartRetrans += 1
                 force_rtx = False
                 snd.mark_retransmitted(seg, now)
@@ -211,8 +211,8 @@ class OutputMixin(TCB):
         if pending is not None:
             out.append(self._segment_packet(pending, PSH, now, pending_mss))
             self._last_send = now
-            if self.timers.kind is not TimerKind.RETRANSMIT:
-                self.timers.arm(TimerKind.RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.1
+            if self.timers.kind is not RETRANSMIT:
+                self.timers.arm(RETRANSMIT, now + self.rtt.rto)  # RFC 6298 5.1
 
     def _segment_packet(self, seg: Segment, psh: int, now: float, mss: int) -> Packet:
         """The packet for ``seg``; ``mss``: the payload each wire segment may carry, should it be longer."""
@@ -295,17 +295,17 @@ class OutputMixin(TCB):
         if timers.pop_delack_due(now):
             self._ack_now = True  # RFC 5681 4.2: the delayed ACK is due
         kind = timers.pop_due(now)
-        if kind is TimerKind.RETRANSMIT:
+        if kind is RETRANSMIT:
             self._on_retransmit_timeout(now)
-        elif kind is TimerKind.PERSIST:
+        elif kind is PERSIST:
             self._on_persist_timeout(now)
-        elif kind is TimerKind.KEEPALIVE:
+        elif kind is KEEPALIVE:
             self._on_keepalive_timeout(now)
         elif kind is TimerKind.FIN_WAIT_2:
-            self._apply(Event.TIMEOUT_FIN_WAIT_2, now)  # Linux tcp_fin_timeout; no RST by default
+            self._apply(TIMEOUT_FIN_WAIT_2, now)  # Linux tcp_fin_timeout; no RST by default
         elif kind is TimerKind.TIME_WAIT:
-            self._apply(Event.TIMEOUT_TIME_WAIT, now)
-        if self._sm.state is not State.CLOSED:
+            self._apply(TIMEOUT_TIME_WAIT, now)
+        if self._sm.state is not CLOSED:
             self._rearm(now)
 
     def _on_retransmit_timeout(self, now: float) -> None:
@@ -315,7 +315,7 @@ class OutputMixin(TCB):
         rtt = self.rtt
         state = self._sm.state
         if state in _SYN_STATES:
-            limit = cfg.syn_retries if state is State.SYN_SENT else cfg.synack_retries
+            limit = cfg.syn_retries if state is SYN_SENT else cfg.synack_retries
             if self._retransmits >= limit:
                 self._fail(ETIMEDOUT, now, reset_peer=False)
                 return
@@ -323,7 +323,7 @@ class OutputMixin(TCB):
             mib.TCPTimeouts += 1
             rtt.backoff()
             self._syn_pending = 2
-            self.timers.arm(TimerKind.RETRANSMIT, now + rtt.rto)
+            self.timers.arm(RETRANSMIT, now + rtt.rto)
             return
         snd = self.snd
         if snd.nxt == snd.una:
@@ -346,7 +346,7 @@ class OutputMixin(TCB):
         deadline = now + rtt.rto
         if user_timeout:
             deadline = min(deadline, max(now, stall + user_timeout))  # Linux tcp_clamp_rto_to_user_timeout
-        self.timers.arm(TimerKind.RETRANSMIT, deadline)
+        self.timers.arm(RETRANSMIT, deadline)
 
     def _on_persist_timeout(self, now: float) -> None:
         """RFC 9293 3.8.6.1 / RFC 1122 4.2.2.17: probe the closed window; give up only on probes that go
@@ -372,7 +372,7 @@ class OutputMixin(TCB):
         else:
             self._probe_due = True
             self.mib.TCPWinProbe += 1
-        self.timers.arm(TimerKind.PERSIST, now + self._persist_timeout())
+        self.timers.arm(PERSIST, now + self._persist_timeout())
 
     def _on_keepalive_timeout(self, now: float) -> None:
         """RFC 1122 4.2.3.6 / Linux tcp_keepalive_timer: after keepalive_time idle, probe every
@@ -384,7 +384,7 @@ class OutputMixin(TCB):
             return  # data outstanding: the retransmission or persist timer watches the peer
         idle = now - self._last_rcv
         if self._probes == 0 and idle < self._keepalive_time:
-            self.timers.arm(TimerKind.KEEPALIVE, self._last_rcv + self._keepalive_time)
+            self.timers.arm(KEEPALIVE, self._last_rcv + self._keepalive_time)
             return
         user_timeout = self.user_timeout
         probes = self._probes
@@ -394,4 +394,4 @@ class OutputMixin(TCB):
         self._probe_due = True
         self.mib.TCPKeepAlive += 1
         self._probes += 1
-        self.timers.arm(TimerKind.KEEPALIVE, now + self.keepalive_intvl)
+        self.timers.arm(KEEPALIVE, now + self.keepalive_intvl)

@@ -22,6 +22,11 @@ class TimerKind(enum.Enum):
     TIME_WAIT = "time-wait"
 
 
+# The kinds re-armed per segment as module constants, as pytcp.state's members and for the same reason
+# (the two named after states are armed on state changes only).
+RETRANSMIT, PERSIST, KEEPALIVE = TimerKind.RETRANSMIT, TimerKind.PERSIST, TimerKind.KEEPALIVE
+
+
 class Timers:
     """Deadlines in the caller's clock (seconds); None when disarmed."""
 

@@ -85,6 +85,18 @@ def test_a_missing_compiled_module_gives_way_to_its_source(package: Path) -> Non
         _EngineFinder(package, digests, True, True).find_spec("pytcp.mod", None)
 
 
+def test_one_stale_module_sends_every_engine_module_to_its_source(package: Path) -> None:
+    (package / "other.py").write_text("VALUE = 1\n")
+    (package / f"other{EXTENSION}").write_bytes(b"")
+    digests = {name: source_digest(package / f"{name}.py") for name in ("mod", "other")}
+    digests = {f"pytcp.{name}": digest for name, digest in digests.items()}
+    (package / "other.py").write_text("VALUE = 2\n")
+    spec = _EngineFinder(package, digests, True, False).find_spec("pytcp.mod", None)
+    assert spec is not None and spec.origin == str(package / "mod.py")  # fresh, but from source
+    with pytest.raises(ImportError, match=r"pytcp\.other: .*another version"):
+        _EngineFinder(package, digests, True, True).find_spec("pytcp.mod", None)
+
+
 def test_without_extensions_the_source_loads_even_when_fresh(package: Path) -> None:
     finder = _EngineFinder(package, {"pytcp.mod": source_digest(package / "mod.py")}, False, True)
     spec = finder.find_spec("pytcp.mod", None)
