@@ -132,7 +132,8 @@ class Variant:
 @dataclass(slots=True)
 class VariantResult:
     variant: Variant
-    #: One raw measurement dict per successful run, per side (metric keys plus their components).
+    #: One raw measurement dict per successful run, per side (metric keys plus their components, and
+    #: ``repeat``, which pairs the two sides' runs).
     runs: dict[Side, list[dict[str, Any]]] = field(default_factory=lambda: {"stack": [], "kernel": []})
     errors: list[str] = field(default_factory=list)
 
@@ -354,7 +355,8 @@ def run(topo: Topology, plan: Plan, names: list[str]) -> list[VariantResult]:
                 for side in SIDES:
                     logger.info("%s (%s) %s, run %d/%d", name, variant.label, side, repeat + 1, repeats)
                     try:
-                        result.runs[side].append(variant.measure(topo, side, plan))
+                        figures = variant.measure(topo, side, plan)
+                        result.runs[side].append({"repeat": repeat + 1, **figures})
                     except BenchError as exc:
                         logger.error("%s (%s) %s failed: %s", name, variant.label, side, exc)
                         result.errors.append(f"{side}, run {repeat + 1}: {exc}")
