@@ -12,8 +12,9 @@ A compiled module that fails to build fails the build: a silent fallback would s
 that is twenty times slower than the user asked for.
 """
 
-import hashlib
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -51,14 +52,16 @@ def engine_source(name: str) -> Path:
     return HERE.joinpath(*name.split(".")).with_suffix(".py")
 
 
-def source_digest(source: Path) -> str:
-    """sha256 of a module's source and of its .pxd declarations, if any (pytcp._compiled.source_digest
-    computes the same; it cannot be imported while the package is being built)."""
-    digest = hashlib.sha256(source.read_bytes())
-    declarations = source.with_suffix(".pxd")
-    if declarations.exists():
-        digest.update(declarations.read_bytes())
-    return digest.hexdigest()
+def _load_source_digest() -> Callable[[Path], str]:
+    """pytcp._digest.source_digest, loaded by path: the package cannot be imported while it is built."""
+    spec = importlib.util.spec_from_file_location("_pytcp_digest", HERE / "pytcp" / "_digest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_digest
+
+
+source_digest = _load_source_digest()
 
 
 def write_manifest() -> None:

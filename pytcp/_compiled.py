@@ -15,7 +15,6 @@ stays in the package as the pure-Python twin. The switches of tcpcore apply here
 
 from __future__ import annotations
 
-import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -28,6 +27,8 @@ from types import ModuleType
 
 from tcpcore._select import env_flag
 
+from ._digest import source_digest
+
 __all__ = ["MANIFEST", "compiled_modules", "install", "source_digest"]
 
 logger = logging.getLogger(__name__)
@@ -35,16 +36,6 @@ logger = logging.getLogger(__name__)
 #: Written by setup.py next to this file: one ``<module> <sha256 of its source>`` line per compiled module.
 MANIFEST = "compiled.sha256"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def source_digest(path: Path) -> str:
-    """sha256 of a module's source and of its .pxd declarations, if any (as setup.py records it): an
-    edit to either makes the compiled module stale."""
-    digest = hashlib.sha256(path.read_bytes())
-    declarations = path.with_suffix(".pxd")
-    if declarations.exists():
-        digest.update(declarations.read_bytes())
-    return digest.hexdigest()
 
 
 def compiled_modules(directory: Path = PACKAGE_DIR) -> dict[str, str]:

@@ -352,6 +352,8 @@ class Connection(InputMixin):
     def nodelay(self) -> bool:
         return self._nodelay
 
+    # Each option setter hands over to an _app_call method: Cython compiles no property setter that
+    # carries another decorator.
     @nodelay.setter
     def nodelay(self, value: bool) -> None:
         self._set_nodelay(value)

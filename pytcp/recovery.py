@@ -41,7 +41,7 @@ class Recovery:
 
     def __init__(self, sack: bool) -> None:
         self.sack = sack
-        self.phase = Phase.OPEN
+        self.phase = OPEN
         # One past the highest position sent when recovery began (RFC 6582 "recover" + 1, RFC 6675
         # RecoveryPoint + 1); RFC 6582 3.2 initialises it to the ISS, the offset of our SYN plus one.
         self.recover = 1
@@ -97,7 +97,7 @@ class Recovery:
             return False
         if phase is LOSS and una >= self.recover:
             # Everything sent before the timeout is acknowledged (Linux tcp_try_undo_recovery path).
-            self.phase = Phase.OPEN
+            self.phase = OPEN
         if acked > 0:
             # RFC 6675 5: a cumulative ACK resets DupAcks (and ends RFC 3042 limited transmit).
             self.dupacks = 0
@@ -138,7 +138,7 @@ class Recovery:
             self.inflation = DUP_THRESH * mss
 
     def _exit(self, cc: CongestionControl, now: float) -> None:
-        self.phase = Phase.OPEN
+        self.phase = OPEN
         self.dupacks = 0
         self.inflation = 0
         self.force_rtx = False

@@ -470,7 +470,7 @@ class Socket:
         if runtime is None or self._closed or not runtime.running:
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
-        self._runtime.call(self._close_now)
+        runtime.call(self._close_now)
 
     # -- options and addresses -----------------------------------------------------------------------
 
