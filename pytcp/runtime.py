@@ -32,7 +32,6 @@ stack send at kernel-like rates (docs/performance.md).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -209,9 +208,11 @@ class StackRuntime:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # Reentrant: stop() may run in a signal handler that interrupted wake() on the same thread.
         self._wake_lock = threading.RLock()
-        #: The engine lock (module docstring) and the thread holding it: a Lock has no owner to ask.
+        #: The engine lock (module docstring) and the ident of the thread holding it (a Lock has no
+        #: owner to ask). An ident is reused only after its thread exits, and no thread exits inside a
+        #: section, so the owner's ident names a live thread; get_ident, unlike current_thread, is C.
         self._lock = threading.Lock()
-        self._owner: threading.Thread | None = None
+        self._owner: int | None = None
         #: Waiters to wake when the current section ends (``notify``).
         self._woken: dict[Waiter, None] = {}
         #: The timer deadline the loop sleeps until (inf: none; -inf: awake, it reads the timer again
@@ -310,8 +311,7 @@ class StackRuntime:
     def on_loop_thread(self) -> bool:
         """Whether the calling thread is inside a section, where engine calls run at once: the loop
         thread at work, or an application thread in ``run`` (and the event listeners it calls)."""
-        # The Thread object, not its ident: idents are reused once a thread has exited.
-        return self._owner is threading.current_thread()
+        return self._owner == threading.get_ident()
 
     # -- lifetime ------------------------------------------------------------------------------------
 
@@ -381,8 +381,8 @@ class StackRuntime:
         RuntimeNotRunning when the runtime is not running. Inside a section ``fn`` just runs (the outer
         section sends its output). ``fn`` must not block: the loop waits for the lock meanwhile.
         """
-        current = threading.current_thread()
-        if self._owner is current:
+        current = threading.get_ident()
+        if self._owner == current:
             return fn(*args)
         self._lock.acquire()
         self._owner = current
@@ -492,8 +492,8 @@ class StackRuntime:
     def _locked(self, fn: Callable[[], T], timeout: float | None) -> T:
         """``fn()`` under the engine lock, whether or not the loop runs (the final figures stay readable
         after stop); TimeoutError if the lock stays taken for ``timeout`` seconds."""
-        current = threading.current_thread()
-        if self._owner is current:
+        current = threading.get_ident()
+        if self._owner == current:
             return fn()
         if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise TimeoutError(f"the pytcp engine stayed busy for {timeout} s")
@@ -505,8 +505,12 @@ class StackRuntime:
 
     def _wake(self) -> None:
         # EBADF: closed (-1) by stop(), nothing left to wake; EAGAIN: the counter is saturated (awake).
-        with self._wake_lock, contextlib.suppress(OSError):
-            os.eventfd_write(self._wake_fd, 1)
+        # try/except rather than contextlib.suppress, whose methods are interpreted Python.
+        with self._wake_lock:
+            try:  # noqa: SIM105
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass
 
     def _fail_calls(self) -> None:
         while True:
@@ -558,8 +562,10 @@ class StackRuntime:
                 if mask & (select.POLLERR | select.POLLNVAL):
                     raise OSError(errno.EIO, f"poll reported {mask:#x} on fd {fd}")
                 if fd == wake_fd:
-                    with contextlib.suppress(BlockingIOError):
+                    try:  # noqa: SIM105 (see _wake)
                         os.eventfd_read(wake_fd)
+                    except BlockingIOError:
+                        pass
                 elif fd == tun_fd:
                     readable = True
                 elif (reader := self._readers.get(fd)) is not None:
@@ -608,7 +614,7 @@ class StackRuntime:
     def _enter(self) -> float:
         """Begin a section on the loop thread; returns its ``now``."""
         self._lock.acquire()
-        self._owner = self._thread
+        self._owner = threading.get_ident()
         now = self._now = time.monotonic()
         return now
 
@@ -661,7 +667,6 @@ class StackRuntime:
     def _receive(self, now: float) -> None:
         """Feed the batch just read to the stack (inside a section)."""
         tun, batch, stack, pcap, counters = self._tun, self._batch, self._stack, self._pcap, self._counters
-        receive = stack.receive
         counters.batches += 1
         stamp = time.time() if pcap is not None else 0.0
         for slot in batch:
@@ -681,7 +686,7 @@ class StackRuntime:
             if trusted:
                 counters.rx_trusted += 1
             # The stack must not keep views of ``packet`` past this call: the slot is reused.
-            receive(packet, now, checksum_verified=trusted)
+            stack.receive(packet, now, checksum_verified=trusted)
 
     def _run_calls(self) -> None:
         """The calls queued before this point; later ones wait for the next iteration (bounded work)."""

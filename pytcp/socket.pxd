@@ -13,6 +13,8 @@ cdef class Socket:
     cdef public object _timeout
     cdef public bint _closed
     cpdef _check_open(self)
-    cpdef _attempt(self, attempt)
-    cpdef _read(self, read, empty)
+    cpdef _attempt(self, attempt, tuple args)
+    cpdef _read(self, read, arg, empty)
+    cpdef _send_now(self, view)
+    cpdef _send_rest(self, list rest)
     cpdef _send_some(self, view)

@@ -32,16 +32,17 @@ from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 from .addresses import dotted, parse_endpoint
 from .config import ConfigError, check_knob
+from .connection import Connection
 from .state import CLOSED, SYN_RECEIVED, SYN_SENT
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .listener import Listener
     from .runtime import StackRuntime, Waiter
 
 __all__ = ["Socket"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 R = TypeVar("R", bytes, int)
 
 AF_INET: Final = _socket.AF_INET
@@ -154,29 +155,36 @@ class Socket:
         if self._closed:
             raise _error(errno.EBADF)
 
-    def _run(self, attempt: Callable[[], T | _Block], *, wait: bool = True) -> T:
-        """Run ``attempt`` in a section until it stops returning _BLOCK, sleeping on the
+    def _run(self, attempt: Callable[..., T | _Block], *args: object, wait: bool = True) -> T:
+        """Run ``attempt(*args)`` in a section until it stops returning _BLOCK, sleeping on the
         connection's (or listener's) Waiter in between, within the socket's timeout; ``wait=False``
-        (MSG_DONTWAIT) or a non-blocking socket: EAGAIN instead of sleeping."""
+        (MSG_DONTWAIT) or a non-blocking socket: EAGAIN instead of sleeping. Attempts are methods
+        given their arguments, not closures: a closure costs an allocation per call on the data path."""
         timeout = self._timeout if wait else 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
+        run = self._runtime.run
         while True:
-            outcome: tuple[T | _Block, Waiter | None, int] = self._call(self._attempt, attempt)
+            outcome: tuple[T | _Block, Waiter | None, int] = run(self._attempt, attempt, args)
             result, waiter, seen = outcome
-            if not isinstance(result, _Block):
-                return result
+            if result is not _BLOCK:
+                return result  # type: ignore[return-value]
             if timeout == 0.0:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             assert waiter is not None
-            if not waiter.wait(seen, deadline, lambda: self._runtime.running):
+            if not waiter.wait(seen, deadline, self._running):
                 raise TimeoutError("timed out")
 
-    def _attempt(self, attempt: Callable[[], T | _Block]) -> tuple[T | _Block, Waiter | None, int]:
+    def _running(self) -> bool:
+        return self._runtime.running
+
+    def _attempt(
+        self, attempt: Callable[..., T | _Block], args: tuple[object, ...]
+    ) -> tuple[T | _Block, Waiter | None, int]:
         """In a section: one try. The waiter's generation is read here, after the try and before any
         event that could unblock it is dispatched, so the caller never misses a wake-up."""
         self._check_open()
-        result = attempt()
-        if not isinstance(result, _Block):
+        result = attempt(*args)
+        if result is not _BLOCK:
             return result, None, 0
         conn = self._conn
         key: object = conn if conn is not None else self._listener
@@ -327,26 +335,21 @@ class Socket:
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         wait = self._flags(flags, _MSG_NOSIGNAL)
         self._check_open()
-        view = memoryview(data).cast("B")
+        return self._run(self._send_now, memoryview(data).cast("B"), wait=wait)
 
-        def attempt() -> int | _Block:
-            return self._send_some(view) or (_BLOCK if view else 0)
-
-        return self._run(attempt, wait=wait)
+    def _send_now(self, view: memoryview) -> int | _Block:
+        return self._send_some(view) or (_BLOCK if view else 0)
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
         """Send everything or raise; the timeout bounds the whole call, as in Python 3.5+."""
         wait = self._flags(flags, _MSG_NOSIGNAL)
         self._check_open()
-        view = memoryview(data).cast("B")
-        sent = 0
+        self._run(self._send_rest, [memoryview(data).cast("B")], wait=wait)
 
-        def attempt() -> _Block | None:
-            nonlocal sent
-            sent += self._send_some(view[sent:])
-            return None if sent == len(view) else _BLOCK
-
-        self._run(attempt, wait=wait)
+    def _send_rest(self, rest: list[memoryview]) -> _Block | None:
+        """sendall's attempt: ``rest[0]`` is what is left to send."""
+        view = rest[0] = rest[0][self._send_some(rest[0]) :]
+        return _BLOCK if view else None
 
     def _send_some(self, view: memoryview) -> int:
         """In a section: what the send buffer takes of ``view`` now (0 when full)."""
@@ -365,7 +368,7 @@ class Socket:
         self._check_open()
         if not bufsize:
             return b""
-        return self._run(lambda: self._read(lambda conn, now: conn.recv(bufsize, now), b""), wait=wait)
+        return self._run(self._read, Connection.recv, bufsize, b"", wait=wait)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         if nbytes < 0:
@@ -379,15 +382,15 @@ class Socket:
         self._check_open()
         if not view:
             return 0
-        return self._run(lambda: self._read(lambda conn, now: conn.recv_into(view, now), 0), wait=wait)
+        return self._run(self._read, Connection.recv_into, view, 0, wait=wait)
 
-    def _read(self, read: Callable[[Connection, float], R], empty: R) -> R | _Block:
-        """In a section: ``read(conn, now)``; the connection's error once, then end of file (Linux)."""
+    def _read(self, read: Callable[[Connection, A, float], R], arg: A, empty: R) -> R | _Block:
+        """In a section: ``read(conn, arg, now)``; the connection's error once, then end of file (Linux)."""
         conn = self._conn
         if conn is None:
             raise _error(errno.ENOTCONN)
         try:
-            data = read(conn, self._runtime.now)
+            data = read(conn, arg, self._runtime.now)
         except OSError as exc:
             error = self._report(conn, exc)
             if error is not None:

@@ -1,4 +1,6 @@
 cimport cython
+# Aliased: the .py imports the Python names for its annotations.
+from tcpcore._wire_c cimport IPv4Header as CIPv4Header, TCPSegment as CSegment
 
 from pytcp.connection cimport Connection
 
@@ -33,4 +35,6 @@ cdef class Stack:
     cpdef handle_timer(self, double now)
     cpdef next_event(self)
     cpdef _sync_timer(self, Connection conn)
-    cpdef _deliver(self, Connection conn, key, seg, double now)
+    @cython.locals(ip=CIPv4Header, seg=CSegment, conn=Connection)
+    cpdef _input_packet(self, packet, double now, bint checksum_verified)
+    cpdef _deliver(self, Connection conn, key, CSegment seg, double now)

@@ -128,6 +128,11 @@ class Stack:
         ``checksum_verified``: the device already checked the checksums (virtio-net DATA_VALID, Linux
         CHECKSUM_UNNECESSARY), so parsing skips them. No view of ``packet`` outlives the call.
         """
+        self._input_packet(packet, now, checksum_verified)
+
+    def _input_packet(self, packet: Buffer, now: float, checksum_verified: bool) -> None:
+        # receive's body, in a method of plain positional arguments: what the compiled stack types
+        # (stack.pxd), while receive stays overridable with its keyword-only argument.
         self._now = now
         mib = self.mib
         mib.InReceives += 1

@@ -1,4 +1,5 @@
 cdef class StateMachine:
     cdef readonly object state
     cdef readonly object _tracer
-    cdef public object name
+    cdef object _name
+    cdef readonly bint _debug

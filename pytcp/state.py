@@ -48,6 +48,11 @@ class State(enum.Enum):
     LAST_ACK = "LAST-ACK"
     TIME_WAIT = "TIME-WAIT"
 
+    #: Members are singletons compared by identity, so identity hashing is consistent with equality;
+    #: Enum's own __hash__ is interpreted Python (hash of the name), and every transition looks up
+    #: (state, event) in TRANSITIONS.
+    __hash__ = object.__hash__
+
     @property
     def synchronized(self) -> bool:
         """True from ESTABLISHED on: both sequence spaces are known (RFC 9293 3.5.2)."""
@@ -104,6 +109,8 @@ class Event(enum.Enum):
     """An ICMP error about our SYN (RFC 1122 4.2.3.9): Linux tcp_v4_err ends the attempt at once."""
     TIME_WAIT_REUSE = "TIME-WAIT reuse"
     """A new incarnation takes over the 4-tuple: acceptable SYN (3.6.1, RFC 6191) or Linux tcp_tw_reuse."""
+
+    __hash__ = object.__hash__  # as State's
 
 
 S, E = State, Event
@@ -241,21 +248,35 @@ class TransitionRecord:
 
 
 class StateMachine:
-    """One connection's state; ``apply`` is its only setter."""
+    """One connection's state; ``apply`` is its only setter.
+
+    ``name`` may be a function that returns it, called when it is first needed (formatting a
+    connection's addresses costs more than its whole handshake's transitions). Transitions are logged at
+    DEBUG by machines created while that level is enabled for this module: asking the logger on every
+    transition would cost more than the transition.
+    """
 
     #: ``state`` is read-only outside ``apply`` (enforced where the module is compiled: state.pxd).
-    __slots__ = ("_tracer", "name", "state")
+    __slots__ = ("_debug", "_name", "_tracer", "state")
 
     def __init__(
         self,
         state: State = State.CLOSED,
         *,
-        name: str = "",
+        name: str | Callable[[], str] = "",
         tracer: Callable[[TransitionRecord], None] | None = None,
     ) -> None:
         self.state = state
-        self.name = name
+        self._name = name
         self._tracer = tracer
+        self._debug = _log.isEnabledFor(logging.DEBUG)
+
+    @property
+    def name(self) -> str:
+        name = self._name
+        if not isinstance(name, str):
+            name = self._name = name()
+        return name
 
     def can(self, event: Event) -> bool:
         """Whether ``event`` is a transition from the current state."""
@@ -268,7 +289,7 @@ class StateMachine:
         if new is None:
             raise IllegalTransition(self.name, old, event)
         self.state = new
-        if _log.isEnabledFor(logging.DEBUG):  # the enum names cost more than the transition itself
+        if self._debug:
             _log.debug("%s %s -[%s]-> %s %s", self.name, old.value, event.name, new.value, note)
         if self._tracer is not None:
             self._tracer(TransitionRecord(now, self.name, old, event, new, note))

@@ -219,8 +219,11 @@ class TCB:
         self.local_port = local_port
         self.remote_addr = remote_addr
         self.remote_port = remote_port
-        name = f"{dotted(local_addr)}:{local_port}>{dotted(remote_addr)}:{remote_port}"
-        self._sm = StateMachine(CLOSED, name=name, tracer=tracer)
+        self._sm = StateMachine(
+            CLOSED,
+            name=lambda: f"{dotted(local_addr)}:{local_port}>{dotted(remote_addr)}:{remote_port}",
+            tracer=tracer,
+        )
         self.iss = iss & MASK
         self.irs = 0
         self.snd = Sender(config.send_buffer)

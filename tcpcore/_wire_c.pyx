@@ -74,15 +74,10 @@ cdef inline void _store32(uint8_t *p, uint32_t v) noexcept nogil:
 
 # Parsed headers are short-lived and allocated per packet; a freelist of 64 reuses the objects of a
 # whole receive batch instead of calling malloc, while bounding idle memory to 64 small objects.
-@cython.final
+# Their fields are declared in _wire_c.pxd, so compiled callers read them as C struct members.
 @cython.freelist(64)
 cdef class IPv4Header:
     """Fields of a validated IPv4 header (RFC 791 3.1); IPv4 options are skipped, never parsed."""
-
-    cdef readonly int version, header_length, tos, total_length, ident, fragment_offset
-    cdef readonly int ttl, protocol, checksum, payload_offset, payload_length
-    cdef readonly bint dont_fragment, more_fragments, is_fragment
-    cdef readonly uint32_t src, dst
 
     def __init__(self):
         raise TypeError("IPv4Header objects are created by parse_ipv4 and parse_packet")
@@ -96,21 +91,12 @@ cdef class IPv4Header:
         )
 
 
-@cython.final
 @cython.freelist(64)
 cdef class TCPSegment:
     """Fields and options of a validated TCP segment (RFC 9293 3.1, RFC 7323, RFC 2018).
 
     ``payload`` is a view of the buffer that was parsed: valid until the caller reuses it.
     """
-
-    cdef readonly int src_port, dst_port, header_length, flags, window, checksum, urgent
-    cdef readonly int mss, wscale
-    cdef readonly uint32_t seq, ack, ts_val, ts_ecr
-    cdef readonly bint sack_permitted, has_timestamps
-    cdef readonly tuple sack_blocks
-    cdef readonly Py_ssize_t payload_offset, payload_length
-    cdef object _buffer
 
     def __init__(self):
         raise TypeError("TCPSegment objects are created by parse_tcp and parse_packet")

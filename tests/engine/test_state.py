@@ -81,8 +81,9 @@ def test_state_values_spell_the_rfc_names() -> None:
 
 def test_tracer_gets_records_in_order_and_debug_log(caplog: pytest.LogCaptureFixture) -> None:
     records: list[TransitionRecord] = []
-    machine = StateMachine(name="client", tracer=records.append)
     with caplog.at_level(logging.DEBUG, logger="pytcp.state"):
+        # The level is read once, by the constructor (state.StateMachine's docstring says why).
+        machine = StateMachine(name="client", tracer=records.append)
         machine.apply(Event.APP_CONNECT, 0.0, "connect()")
         machine.apply(Event.RCV_SYN_ACK, 0.5)
     assert records == [
@@ -92,6 +93,28 @@ def test_tracer_gets_records_in_order_and_debug_log(caplog: pytest.LogCaptureFix
     messages = [r.getMessage() for r in caplog.records if r.name == "pytcp.state"]
     assert len(messages) == 2
     assert "client" in messages[0] and "SYN-SENT" in messages[0] and "APP_CONNECT" in messages[0]
+
+
+def test_machine_created_without_debug_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    machine = StateMachine(name="quiet")
+    with caplog.at_level(logging.DEBUG, logger="pytcp.state"):
+        machine.apply(Event.APP_CONNECT, 0.0)
+    assert not [r for r in caplog.records if r.name == "pytcp.state"]
+
+
+def test_name_function_is_called_once_when_first_needed() -> None:
+    calls: list[int] = []
+
+    def name() -> str:
+        calls.append(1)
+        return "198.18.0.2:80>198.18.0.1:40000"
+
+    machine = StateMachine(name=name)
+    machine.apply(Event.APP_CONNECT, 0.0)
+    assert calls == []
+    assert machine.name == "198.18.0.2:80>198.18.0.1:40000"
+    assert repr(machine) == "StateMachine(State.SYN_SENT, name='198.18.0.2:80>198.18.0.1:40000')"
+    assert calls == [1]
 
 
 def run(machine: StateMachine, *steps: tuple[Event, State]) -> None:
