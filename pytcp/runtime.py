@@ -462,6 +462,10 @@ class StackRuntime:
             waiter = self._waiters[key] = Waiter()
         return waiter
 
+    def waiter(self, key: object) -> Waiter | None:
+        """The Waiter ``watch`` made for ``key``, if any; safe outside a section (one dict lookup)."""
+        return self._waiters.get(key)
+
     def notify(self, waiter: Waiter) -> None:
         """Inside a section: wake the threads sleeping on ``waiter`` once the section has released the
         engine lock (a thread woken under it would only wait for it, on the same vCPU after a switch

@@ -101,6 +101,13 @@ class _Block:
 _BLOCK: Final = _Block()
 
 
+def _nothing_to_read(conn: Connection) -> bool:
+    """Whether a recv would block now: no bytes, no end of file, no error (read as a hint, without the
+    engine lock). A DataReadable event follows any later arrival: recv re-arms it, and this is only
+    ever asked after an attempt (the connection's waiter exists, see Socket._sleep_while)."""
+    return not (conn.readable or conn.at_eof or conn.closed or conn.error is not None)
+
+
 def _error(code: int) -> OSError:
     """OSError(code) -- which Python turns into the matching subclass (ConnectionResetError, ...)."""
     return OSError(code, os.strerror(code))
@@ -155,13 +162,22 @@ class Socket:
         if self._closed:
             raise _error(errno.EBADF)
 
-    def _run(self, attempt: Callable[..., T | _Block], *args: object, wait: bool = True) -> T:
+    def _run(
+        self,
+        attempt: Callable[..., T | _Block],
+        *args: object,
+        wait: bool = True,
+        idle: Callable[[Connection], bool] | None = None,
+    ) -> T:
         """Run ``attempt(*args)`` in a section until it stops returning _BLOCK, sleeping on the
         connection's (or listener's) Waiter in between, within the socket's timeout; ``wait=False``
         (MSG_DONTWAIT) or a non-blocking socket: EAGAIN instead of sleeping. Attempts are methods
-        given their arguments, not closures: a closure costs an allocation per call on the data path."""
+        given their arguments, not closures: a closure costs an allocation per call on the data path.
+        ``idle``: see ``_sleep_while``."""
         timeout = self._timeout if wait else 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
+        if idle is not None and timeout != 0.0 and not self._sleep_while(idle, deadline):
+            raise TimeoutError("timed out")
         run = self._runtime.run
         while True:
             outcome: tuple[T | _Block, Waiter | None, int] = run(self._attempt, attempt, args)
@@ -173,6 +189,25 @@ class Socket:
             assert waiter is not None
             if not waiter.wait(seen, deadline, self._running):
                 raise TimeoutError("timed out")
+
+    def _sleep_while(self, idle: Callable[[Connection], bool], deadline: float | None) -> bool:
+        """Before the first attempt, outside any section: sleep on the connection's Waiter while
+        ``idle(conn)`` says an attempt could only block (a request-response server's next recv, issued
+        right after its reply, almost always finds nothing), saving the section that would find
+        nothing. The check reads engine state without the engine lock, as a hint: the generation is
+        read first, so an event dispatched after that ends the sleep at once, and the state a section
+        made readable is in place before its events bump the generation (``StackRuntime._leave``), so
+        nothing that arrived earlier is missed. A waiter exists once the connection has blocked in a
+        section (``watch``); before that, and when not idle, the attempts go ahead as usual. False on
+        timeout."""
+        conn = self._conn
+        waiter = self._runtime.waiter(conn) if conn is not None else None
+        if waiter is None:
+            return True
+        seen = waiter.generation
+        if not idle(conn):
+            return True
+        return waiter.wait(seen, deadline, self._running)
 
     def _running(self) -> bool:
         return self._runtime.running
@@ -368,7 +403,7 @@ class Socket:
         self._check_open()
         if not bufsize:
             return b""
-        return self._run(self._read, Connection.recv, bufsize, b"", wait=wait)
+        return self._run(self._read, Connection.recv, bufsize, b"", wait=wait, idle=_nothing_to_read)
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         if nbytes < 0:
@@ -382,7 +417,7 @@ class Socket:
         self._check_open()
         if not view:
             return 0
-        return self._run(self._read, Connection.recv_into, view, 0, wait=wait)
+        return self._run(self._read, Connection.recv_into, view, 0, wait=wait, idle=_nothing_to_read)
 
     def _read(self, read: Callable[[Connection, A, float], R], arg: A, empty: R) -> R | _Block:
         """In a section: ``read(conn, arg, now)``; the connection's error once, then end of file (Linux)."""
