@@ -523,6 +523,51 @@ def test_send_and_recv_run_on_the_calling_thread(runtime: StackRuntime, netns: N
         join()
 
 
+def test_idle_recv_sleeps_before_its_first_attempt(runtime: StackRuntime, netns: NetNamespace) -> None:
+    """A request-response server's recv, issued right after its reply, finds nothing: it sleeps on the
+    connection's waiter without running a section first (Socket._sleep_while), and every request still
+    wakes it. Two sections per round trip on the server's thread (the recv that reads, the sendall),
+    not three; an idle recv still honours its timeout once."""
+    rounds = 200
+    sections: list[int] = []
+    run = runtime.run
+
+    def counting_run(fn: Callable[..., object], *args: object) -> object:
+        sections.append(threading.get_ident())
+        return run(fn, *args)
+
+    runtime.run = counting_run  # type: ignore[method-assign]
+    with runtime.socket() as listener:
+        listener.bind((STACK, PORT))
+        listener.listen()
+        listener.settimeout(STEP)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(STEP)
+                buffer = bytearray(64)
+                conn.recv_into(buffer)  # the first request: a section that blocks makes the waiter
+                conn.sendall(b"x")
+                server_sections = sections.count(threading.get_ident())
+                for _ in range(rounds):
+                    n = conn.recv_into(buffer)
+                    assert n == 1
+                    conn.sendall(buffer[:n])
+                per_round = (sections.count(threading.get_ident()) - server_sections) / rounds
+                assert per_round <= 2.1, per_round
+                conn.settimeout(SHORT)
+                assert SHORT <= timed(lambda: conn.recv(1), TimeoutError) < 2 * SHORT + 0.5
+
+        join = run_thread(serve)
+        with kernel_socket(netns) as client:
+            client.connect((STACK, PORT))
+            for index in range(rounds + 1):
+                client.sendall(b"r")
+                assert client.recv(1) == (b"r" if index else b"x")
+            join()
+
+
 def test_threads_racing_on_sockets(runtime: StackRuntime, netns: NetNamespace) -> None:
     """Accepts, connects, sends, receives and closes from many threads at once, two threads on one
     socket, closes under a blocked recv: every byte arrives, every thread ends in bounded time (a race on
