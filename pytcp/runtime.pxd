@@ -6,6 +6,7 @@ cdef class Waiter:
     cdef readonly list _sleepers
     cdef public object generation
     cpdef notify(self)
+    cpdef list take(self)
 
 
 cdef class StackRuntime:
@@ -27,7 +28,8 @@ cdef class StackRuntime:
     cdef public object _calls
     cdef public tuple _listeners
     cdef public list _end_callbacks
-    cdef public object _poller
+    cdef public list _poll_fds
+    cdef public list _parked
     cdef public dict _readers
     cdef public dict _waiters
     cdef public set bound_ports
@@ -44,7 +46,7 @@ cdef class StackRuntime:
     cpdef watch(self, key)
     cpdef _tend(self, double now)
     cpdef double _enter(self) except? -1
-    cpdef _leave(self)
+    cpdef _leave(self, bint defer=*)
     cpdef _flush(self, double now)
     cpdef _nudge(self)
     cpdef _poll_timeout(self, double now)

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
-from tcpcore import PacketBatch
+from tcpcore import PacketBatch, Parker, poll_waking
 from tcpcore._types import Buffer
 from tcpcore.constants import IPV4_HEADER_MIN, TCP_HEADER_MIN
 from tcpcore.errors import MalformedPacket
@@ -143,44 +143,49 @@ class Waiter:
 
     Whoever dispatches an event (under the engine lock) bumps ``generation``; a thread that saw
     generation g in the section of its attempt sleeps until it differs, so an event dispatched between
-    the attempt and the sleep is never lost. Each sleeper blocks on a lock of its own, which ``notify``
-    releases: what threading.Condition does, without running threading.py's interpreted code twice per
-    round trip. Lock order: engine lock, then ``_guard``; a sleeper holds no engine lock, so notifying
-    under it cannot deadlock.
+    the attempt and the sleep is never lost. Each sleeper parks on a tcpcore.Parker of its own, which
+    ``notify`` unparks: what threading.Condition does, without running threading.py's interpreted code
+    twice per round trip. The loop thread instead ``take``s the parkers and unparks them as it goes to
+    sleep, with the GIL released (tcpcore.poll_waking). Lock order: engine lock, then ``_guard``; a
+    sleeper holds no engine lock, so notifying under it cannot deadlock.
     """
 
     __slots__ = ("_guard", "_sleepers", "generation")
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._sleepers: list[threading.Lock] = []  # each held; releasing it wakes its thread
+        self._sleepers: list[Parker] = []
         self.generation = 0
 
     def notify(self) -> None:
+        for parker in self.take():
+            parker.unpark()
+
+    def take(self) -> list[Parker]:
+        """Bump the generation and hand over the sleepers' parkers: whoever takes them must unpark
+        them (a sleeper that times out meanwhile still reports a wake-up, which it is)."""
         with self._guard:
             self.generation += 1
             sleepers, self._sleepers = self._sleepers, []
-        for lock in sleepers:
-            lock.release()
+        return sleepers
 
     def wait(self, seen: int, deadline: float | None, running: Callable[[], bool]) -> bool:
         """Sleep until the generation moves past ``seen`` (or the runtime stops); False at ``deadline``
         (monotonic)."""
-        lock = threading.Lock()
-        lock.acquire()
+        parker = Parker()
         with self._guard:
             if self.generation != seen or not running():
                 return True
-            self._sleepers.append(lock)
-        # notify() bumps the generation before it releases a sleeper, and the runtime's end notifies
+            self._sleepers.append(parker)
+        # take() bumps the generation before its parkers are unparked, and the runtime's end notifies
         # every waiter, so a wake-up is never spurious.
-        if lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+        if parker.park(None if deadline is None else deadline - time.monotonic()):
             return True
         with self._guard:
-            if lock in self._sleepers:
-                self._sleepers.remove(lock)
+            if parker in self._sleepers:
+                self._sleepers.remove(parker)
                 return False
-        return True  # notify() took the lock out of the list as the wait timed out: a wake-up
+        return True  # take() took the parker out of the list as the wait timed out: a wake-up
 
 
 class StackRuntime:
@@ -223,7 +228,10 @@ class StackRuntime:
         self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._listeners: tuple[Callable[[Event], None], ...] = ()
         self._end_callbacks: list[Callable[[], None]] = []
-        self._poller = select.poll()
+        #: What the loop polls: the device and the wake-up eventfd (set in _loop), and add_reader's fds.
+        self._poll_fds: list[int] = []
+        #: Parkers of the threads the loop's last section woke, unparked as the loop goes to sleep.
+        self._parked: list[Parker] = []
         #: Extra fds the loop waits on (add_reader) -> their callbacks.
         self._readers: dict[int, Callable[[], None]] = {}
         self._waiters: dict[object, Waiter] = {}
@@ -446,13 +454,14 @@ class StackRuntime:
         fd gathers many sockets into one; pytcp.forwarder does so). Loop thread only (inside ``call``),
         or before ``start``. Engine calls made by the callback are sent in the same wake-up; errors are
         handled as an event listener's."""
+        if fd not in self._readers:
+            self._poll_fds.append(fd)
         self._readers[fd] = callback
-        self._poller.register(fd, select.POLLIN)
 
     def remove_reader(self, fd: int) -> None:
         """Stop waiting on ``fd`` (loop thread only, or before ``start``)."""
         if self._readers.pop(fd, None) is not None:
-            self._poller.unregister(fd)
+            self._poll_fds.remove(fd)
 
     def watch(self, key: object) -> Waiter:
         """The Waiter for a Connection or Listener (inside a section); created on first use. A
@@ -540,6 +549,9 @@ class StackRuntime:
             with self._lock:
                 self._accepting = False
             self._fail_calls()
+            for parker in self._parked:  # taken by the last section, never polled for
+                parker.unpark()
+            self._parked.clear()
             for waiter in list(self._waiters.values()):
                 waiter.notify()
             for callback in self._end_callbacks:
@@ -552,13 +564,13 @@ class StackRuntime:
         tun, batch = self._tun, self._batch
         tun_fd = tun.fileno()
         wake_fd = self._wake_fd
-        poller = self._poller
-        poller.register(tun_fd, select.POLLIN)
-        poller.register(wake_fd, select.POLLIN)
+        poll_fds = self._poll_fds
+        poll_fds[:0] = (tun_fd, wake_fd)
+        parked = self._parked
         counters = self._counters
         timeout = 0
         while True:
-            ready = poller.poll(timeout)
+            ready = poll_waking(poll_fds, timeout, parked)
             # Awake: sections need not wake the loop, which reads the timer again before it sleeps.
             self._sleep_until = -math.inf
             readable = False
@@ -597,7 +609,7 @@ class StackRuntime:
                     if last:
                         timeout = self._poll_timeout(now)
                 finally:
-                    self._leave()
+                    self._leave(last)
                 if last:
                     break
             if done:
@@ -622,8 +634,11 @@ class StackRuntime:
         now = self._now = time.monotonic()
         return now
 
-    def _leave(self) -> None:
-        """End a section: release the engine lock, then wake the waiters its events concern."""
+    def _leave(self, defer: bool = False) -> None:
+        """End a section: release the engine lock, then wake the waiters its events concern. With
+        ``defer`` (the loop's last section before it sleeps) their threads are unparked by the loop's
+        poll_waking, with the GIL released: woken here, a thread would preempt the loop thread (on one
+        CPU) only to wait for the GIL it holds, two context switches per wake-up for nothing."""
         woken = self._woken
         if woken:
             self._woken = {}
@@ -631,8 +646,12 @@ class StackRuntime:
         self._lock.release()
         if woken:
             # After the release: a thread woken under the lock would only wait for it.
-            for waiter in woken:
-                waiter.notify()
+            if defer:
+                for waiter in woken:
+                    self._parked.extend(waiter.take())
+            else:
+                for waiter in woken:
+                    waiter.notify()
 
     def _flush(self, now: float) -> None:
         """The end of every section: events first (listeners may answer them, as the forwarder and the

@@ -6,7 +6,7 @@ from typing_extensions import disjoint_base
 
 from ._types import Buffer
 
-__all__ = ["PacketBatch", "write_packets", "write_vnet_packets"]
+__all__ = ["PacketBatch", "Parker", "poll_waking", "write_packets", "write_vnet_packets"]
 
 DEFAULT_SLOTS: int
 DEFAULT_SLOT_SIZE: int
@@ -31,3 +31,11 @@ class PacketBatch:
 
 def write_packets(fd: int, packets: Sequence[Buffer]) -> int: ...
 def write_vnet_packets(fd: int, headers: Sequence[Buffer], packets: Sequence[Buffer]) -> int: ...
+
+@disjoint_base
+class Parker:
+    def __init__(self) -> None: ...
+    def park(self, timeout: float | None = None) -> bool: ...
+    def unpark(self) -> None: ...
+
+def poll_waking(fds: Sequence[int], timeout_ms: int, parkers: list[Parker]) -> list[tuple[int, int]]: ...

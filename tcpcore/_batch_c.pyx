@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Batch packet I/O on boundary-preserving fds (TUN, SOCK_DGRAM): compiled.
+"""Batch packet I/O on boundary-preserving fds (TUN, SOCK_DGRAM), and the I/O loop's wait: compiled.
 
 The read and write loops run without the GIL and call read(2), write(2) or writev(2) directly on
 preallocated memory: no Python object is created per packet.
@@ -7,10 +7,20 @@ preallocated memory: no Python object is created per packet.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from cpython.pythread cimport (
+    PY_LOCK_ACQUIRED,
+    PY_LOCK_INTR,
+    PyLockStatus,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport strerror
 from posix.uio cimport iovec, writev
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport read, write
 
 
@@ -18,7 +28,20 @@ cdef extern from "<errno.h>":
     # Equal to EAGAIN on Linux; POSIX allows them to differ.
     const int EWOULDBLOCK
 
-__all__ = ["PacketBatch", "write_packets", "write_vnet_packets"]
+cdef extern from "pythread.h":
+    # Not in Cython's cpython/pythread.pxd. PY_TIMEOUT_T is long long; -1 waits without limit.
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag) nogil
+
+cdef extern from "<poll.h>":
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout) nogil
+    const short POLLIN
+
+__all__ = ["PacketBatch", "Parker", "poll_waking", "write_packets", "write_vnet_packets"]
 
 # The default bounds are derived once, in the twin.
 from tcpcore._batch_py import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
@@ -229,3 +252,104 @@ def write_vnet_packets(int fd, object headers, object packets):
     if len(header_items) != len(packet_items):
         raise ValueError(f"{len(header_items)} headers for {len(packet_items)} packets")
     return _write_rows(fd, (header_items, packet_items), len(packet_items))
+
+
+cdef double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class Parker:
+    """A one-shot wake-up for one thread: ``park`` sleeps until ``unpark`` (from any thread, before or
+    after ``park``) or the timeout. Signal handlers run while parked, as in ``threading.Lock.acquire``,
+    and an exception they raise propagates."""
+
+    cdef PyThread_type_lock _lock
+    cdef bint _unparked
+
+    def __cinit__(self):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+        PyThread_acquire_lock_timed(self._lock, 0, 0)  # held until unpark
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            if not self._unparked:
+                PyThread_release_lock(self._lock)
+            PyThread_free_lock(self._lock)
+
+    def park(self, timeout=None):
+        """True once unparked; False when ``timeout`` seconds (None: no limit) passed first."""
+        cdef double deadline = 0.0
+        cdef long long micros = -1
+        cdef PyLockStatus status
+        if timeout is not None:
+            deadline = _now() + max(0.0, <double>timeout)
+        while True:
+            if timeout is not None:
+                micros = <long long>(max(0.0, deadline - _now()) * 1e6)
+            with nogil:
+                status = PyThread_acquire_lock_timed(self._lock, micros, 1)
+            if status != PY_LOCK_INTR:
+                return status == PY_LOCK_ACQUIRED
+            PyErr_CheckSignals()  # a signal arrived: run its handler (which may raise), then go on
+
+    cdef inline PyThread_type_lock _take(self):
+        """The lock to release to wake the parked thread, once; NULL if already unparked."""
+        if self._unparked:
+            return NULL
+        self._unparked = True
+        return self._lock
+
+    def unpark(self):
+        """Wake the parked thread (or let its ``park`` return at once); later calls do nothing."""
+        cdef PyThread_type_lock lock = self._take()
+        if lock != NULL:
+            PyThread_release_lock(lock)
+
+
+def poll_waking(object fds, int timeout_ms, list parkers):
+    """Unpark every parker (and empty the list), then wait up to ``timeout_ms`` (negative: no limit)
+    for POLLIN on ``fds``; (fd, revents) for each fd with events, as ``select.poll().poll``. Both
+    happen with the GIL released, so a woken thread takes the GIL at once (module docstring)."""
+    cdef list fd_list = list(fds)
+    cdef Py_ssize_t nfds = len(fd_list), nlocks = len(parkers), i, count = 0
+    cdef pollfd *polled = <pollfd *>PyMem_Calloc(<size_t>nfds + 1, sizeof(pollfd))
+    cdef PyThread_type_lock *locks = <PyThread_type_lock *>PyMem_Malloc((nlocks + 1) * sizeof(PyThread_type_lock))
+    cdef PyThread_type_lock lock
+    cdef double deadline = _now() + timeout_ms / 1000.0
+    cdef int ready = 0, err = 0
+    if polled == NULL or locks == NULL:
+        PyMem_Free(polled)
+        PyMem_Free(locks)
+        raise MemoryError()
+    try:
+        for i in range(nfds):
+            polled[i].fd = fd_list[i]
+            polled[i].events = POLLIN
+        for i in range(nlocks):
+            lock = (<Parker?>parkers[i])._take()
+            if lock != NULL:
+                locks[count] = lock
+                count += 1
+        with nogil:
+            for i in range(count):
+                PyThread_release_lock(locks[i])
+            ready = poll(polled, <unsigned long>nfds, timeout_ms)
+            err = errno if ready < 0 else 0
+        # Only now: the list's references kept every lock in ``locks`` alive while it was released.
+        parkers.clear()
+        while ready < 0 and _retry(err):  # PEP 475: EINTR retries with the time left
+            if timeout_ms >= 0:
+                timeout_ms = <int>max(0.0, (deadline - _now()) * 1000.0 + 0.999)
+            with nogil:
+                ready = poll(polled, <unsigned long>nfds, timeout_ms)
+                err = errno if ready < 0 else 0
+        if ready < 0:
+            raise OSError(err, strerror(err).decode())
+        return [(polled[i].fd, polled[i].revents) for i in range(nfds) if polled[i].revents]
+    finally:
+        PyMem_Free(polled)
+        PyMem_Free(locks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import socket
 import struct
@@ -432,3 +433,71 @@ def test_round_trip(core: SimpleNamespace, sizes: list[int], slots: int) -> None
             assert count <= slots
             received += [bytes(batch.packet(i)) for i in range(count)]
         assert received == sent + [h + p for h, p in zip(headers, sent, strict=True)]
+
+
+# --- Parker and poll_waking ------------------------------------------------------------------------
+
+
+def test_parker_times_out_then_wakes_once(core: SimpleNamespace) -> None:
+    parker = core.Parker()
+    assert parker.park(0.01) is False
+    assert parker.park(0) is False
+    parker.unpark()
+    parker.unpark()  # one-shot: a second unpark does nothing
+    assert parker.park(BLOCK_SECONDS) is True
+
+
+def test_parker_wakes_a_thread_parked_without_limit(core: SimpleNamespace) -> None:
+    parker = core.Parker()
+    waker = threading.Timer(0.05, parker.unpark)
+    waker.start()
+    assert parker.park() is True
+    waker.join()
+
+
+def test_parker_runs_signal_handlers_and_lets_them_raise(core: SimpleNamespace) -> None:
+    calls: list[int] = []
+
+    def count(signum: int, frame: FrameType | None) -> None:
+        calls.append(signum)
+
+    with interrupting(count):
+        assert core.Parker().park(0.2) is False  # handlers ran, the wait went on to its timeout
+    assert calls
+
+    def fail(signum: int, frame: FrameType | None) -> None:
+        raise InterruptedError("from the handler")
+
+    with interrupting(fail), pytest.raises(InterruptedError, match="from the handler"):
+        core.Parker().park(BLOCK_SECONDS)
+
+
+def test_poll_waking_unparks_first_then_polls(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    parkers = [core.Parker(), core.Parker()]
+    woken: list[bool] = []
+    sleeper = threading.Thread(target=lambda: woken.append(parkers[0].park(BLOCK_SECONDS)))
+    sleeper.start()
+    assert core.poll_waking([a.fileno()], 50, parkers) == []  # nothing readable: the timeout
+    sleeper.join(BLOCK_SECONDS)
+    assert woken == [True] and parkers == []
+    b.send(b"x")
+    ready = core.poll_waking([b.fileno(), a.fileno()], BLOCK_SECONDS * 1000, [])
+    assert ready == [(a.fileno(), select.POLLIN)]
+
+
+def test_poll_waking_retries_after_eintr_and_reports_bad_fds(core: SimpleNamespace, pair: Pair) -> None:
+    a, b = pair
+    calls: list[int] = []
+
+    def supply(signum: int, frame: FrameType | None) -> None:
+        if not calls:
+            b.send(b"late")
+        calls.append(signum)
+
+    with interrupting(supply):
+        assert core.poll_waking([a.fileno()], BLOCK_SECONDS * 1000, []) == [(a.fileno(), select.POLLIN)]
+    assert calls
+    closed = os.dup(a.fileno())
+    os.close(closed)
+    assert core.poll_waking([closed], 0, []) == [(closed, select.POLLNVAL)]
