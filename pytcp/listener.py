@@ -51,6 +51,16 @@ class ListenAction(enum.Enum):
     REQUEST = "request"
 
 
+# The members as module constants, as pytcp.state does for State (Python 3.11's EnumType reads
+# ``ListenAction.X`` through its __getattr__ hook): the listener and the stack compare these per SYN.
+DROP = ListenAction.DROP
+RESET = ListenAction.RESET
+NEW_CHILD = ListenAction.NEW_CHILD
+SEND_COOKIE = ListenAction.SEND_COOKIE
+COOKIE_ACK = ListenAction.COOKIE_ACK
+REQUEST = ListenAction.REQUEST
+
+
 class Refusal(enum.Enum):
     """How ``Stack.refuse_request`` answers a SYN the application will not take. Linux's tcp_v4_err ends a
     SYN-SENT connection on any ICMP destination unreachable but "fragmentation needed", so each ICMP
@@ -155,7 +165,7 @@ class Listener:
         # Linux: LINUX_MIB_LISTENOVERFLOWS and then tcp_listendrop (LINUX_MIB_LISTENDROPS).
         self._mib.ListenOverflows += 1
         self._mib.ListenDrops += 1
-        return ListenAction.DROP
+        return DROP
 
     def classify(
         self, seg: TCPSegment, key: Key, now: float, *, table_full: bool
@@ -165,12 +175,12 @@ class Listener:
         flags = seg.flags
         # First: "An incoming RST segment could not be valid ... it should be ignored."
         if flags & RST:
-            return ListenAction.DROP, None
+            return DROP, None
         # Second: "Any acknowledgment is bad if it arrives on a connection still in the LISTEN state"
         # -- unless it completes a cookie handshake (RFC 4987 3.6).
         if flags & ACK:
             if flags & SYN or not self._cookies_in_use(now):
-                return ListenAction.RESET, None
+                return RESET, None
             config = self._config
             options = self.cookies.validate(
                 key,
@@ -185,18 +195,18 @@ class Listener:
             if options is None:
                 # Linux counts SyncookiesFailed and lets LISTEN processing answer with a RST.
                 self._mib.SyncookiesFailed += 1
-                return ListenAction.RESET, None
+                return RESET, None
             self._mib.SyncookiesRecv += 1
             if self.accept_queue_full():
                 return self._drop_overflow(), None
             if table_full:
                 self._mib.ListenDrops += 1
-                return ListenAction.DROP, None
-            return ListenAction.COOKIE_ACK, options
+                return DROP, None
+            return COOKIE_ACK, options
         # Fourth: "Any other control or text-bearing segment (not containing SYN) ... drop it". Linux also
         # discards SYN+FIN here (tcp_rcv_state_process), a combination no real stack sends.
         if not flags & SYN or flags & FIN:
-            return ListenAction.DROP, None
+            return DROP, None
         return self._classify_syn(now, table_full), None
 
     def _classify_syn(self, now: float, table_full: bool) -> ListenAction:
@@ -212,16 +222,16 @@ class Listener:
         if want_cookie:
             self._mib.SyncookiesSent += 1
             self._cookie_sent_at = now
-            return ListenAction.SEND_COOKIE
+            return SEND_COOKIE
         if table_full:
             self._mib.ListenDrops += 1
-            return ListenAction.DROP
-        return ListenAction.NEW_CHILD
+            return DROP
+        return NEW_CHILD
 
     def _drop_queue_full(self) -> ListenAction:
         self._mib.TCPReqQFullDrop += 1
         self._mib.ListenDrops += 1
-        return ListenAction.DROP
+        return DROP
 
     def _cookies_in_use(self, now: float) -> bool:
         if self._config.syncookies == "on":
@@ -329,8 +339,8 @@ class InterceptListener(Listener):
             return self._drop_overflow()
         if table_full:
             self._mib.ListenDrops += 1
-            return ListenAction.DROP
-        return ListenAction.REQUEST
+            return DROP
+        return REQUEST
 
     def add_request(self, key: Key, conn: Connection, syn: TCPSegment, now: float) -> None:
         local_addr, local_port, remote_addr, remote_port = key

@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from .addresses import dotted, parse_endpoint
 from .config import ConfigError, check_knob
@@ -108,6 +108,11 @@ def _nothing_to_read(conn: Connection) -> bool:
     return not (conn.readable or conn.at_eof or conn.closed or conn.error is not None)
 
 
+def _nothing_to_accept(listener: Listener) -> bool:
+    """Whether accept would block now: the accept queue is empty (a hint, as _nothing_to_read)."""
+    return not listener.accept_queue
+
+
 def _error(code: int) -> OSError:
     """OSError(code) -- which Python turns into the matching subclass (ConnectionResetError, ...)."""
     return OSError(code, os.strerror(code))
@@ -138,6 +143,9 @@ class Socket:
     def _accepted(cls, runtime: StackRuntime, conn: Connection, parent: Socket) -> Socket:
         sock = cls(runtime)
         sock._conn = conn
+        # Its waiter now, inside accept's section: the first recv that would block can then sleep
+        # without a section of its own (_sleep_while).
+        runtime.watch(conn)
         # Linux children inherit the listener's options (sk_clone_lock copies the socket).
         sock._options = dict(parent._options)
         sock._linger = parent._linger
@@ -190,22 +198,22 @@ class Socket:
             if not waiter.wait(seen, deadline, self._running):
                 raise TimeoutError("timed out")
 
-    def _sleep_while(self, idle: Callable[[Connection], bool], deadline: float | None) -> bool:
-        """Before the first attempt, outside any section: sleep on the connection's Waiter while
-        ``idle(conn)`` says an attempt could only block (a request-response server's next recv, issued
-        right after its reply, almost always finds nothing), saving the section that would find
-        nothing. The check reads engine state without the engine lock, as a hint: the generation is
-        read first, so an event dispatched after that ends the sleep at once, and the state a section
-        made readable is in place before its events bump the generation (``StackRuntime._leave``), so
-        nothing that arrived earlier is missed. A waiter exists once the connection has blocked in a
-        section (``watch``); before that, and when not idle, the attempts go ahead as usual. False on
-        timeout."""
-        conn = self._conn
-        waiter = self._runtime.waiter(conn) if conn is not None else None
+    def _sleep_while(self, idle: Callable[[Any], bool], deadline: float | None) -> bool:
+        """Before the first attempt, outside any section: sleep on the connection's (or listener's)
+        Waiter while ``idle(conn or listener)`` says an attempt could only block (a request-response
+        server's next recv, issued right after its reply, almost always finds nothing; so does a
+        server's next accept), saving the section that would find nothing. The check reads engine
+        state without the engine lock, as a hint: the generation is read first, so an event dispatched
+        after that ends the sleep at once, and the state a section made ready is in place before its
+        events bump the generation (``StackRuntime._leave``), so nothing that arrived earlier is
+        missed. A waiter exists once the socket has blocked in a section (``watch``), or from accept
+        on; before that, and when not idle, the attempts go ahead as usual. False on timeout."""
+        key: object = self._conn if self._conn is not None else self._listener
+        waiter = self._runtime.waiter(key) if key is not None else None
         if waiter is None:
             return True
         seen = waiter.generation
-        if not idle(conn):
+        if not idle(key):
             return True
         return waiter.wait(seen, deadline, self._running)
 
@@ -291,7 +299,7 @@ class Socket:
 
     def accept(self) -> tuple[Socket, tuple[str, int]]:
         self._check_open()
-        sock = self._run(self._accept_now)
+        sock = self._run(self._accept_now, idle=_nothing_to_accept)
         conn = sock._conn
         assert conn is not None
         return sock, (dotted(conn.remote_addr), conn.remote_port)

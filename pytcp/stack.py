@@ -34,7 +34,17 @@ from .connection import ChallengeAckLimiter, Connection
 from .events import Closed, Connected, ConnectRequest, Event, IncomingConnection
 from .icmp import DEST_UNREACHABLE, IcmpReply, build_icmp, handle_icmp
 from .isn import IsnGenerator, PortAllocator
-from .listener import InterceptListener, ListenAction, Listener, PendingRequest, Refusal
+from .listener import (
+    DROP,
+    NEW_CHILD,
+    REQUEST,
+    RESET,
+    SEND_COOKIE,
+    InterceptListener,
+    Listener,
+    PendingRequest,
+    Refusal,
+)
 from .mib import MIB
 from .state import CLOSED, SYN_RECEIVED, TIME_WAIT, TransitionRecord
 from .syncookies import SynCookies, encode_timestamp
@@ -565,22 +575,22 @@ class Stack:
         action, options = listener.classify(
             seg, key, now, table_full=len(self._conns) >= self.config.max_connections
         )
-        if action is ListenAction.DROP:
+        if action is DROP:
             return
-        if action is ListenAction.RESET:
+        if action is RESET:
             self._reset_closed(key, seg)
-        elif action is ListenAction.NEW_CHILD:
+        elif action is NEW_CHILD:
             conn = self._new_connection(key, self._isn.isn(*key, now) if iss is None else iss, now)
             self._parents[key] = listener
             listener.add_child(key, conn)
             conn.accept_syn(seg, now)
-        elif action is ListenAction.REQUEST:
+        elif action is REQUEST:
             assert isinstance(listener, InterceptListener)
             conn = self._new_connection(key, self._isn.isn(*key, now) if iss is None else iss, now)
             self._parents[key] = listener
             listener.add_request(key, conn, seg, now)
             self._push_event(ConnectRequest(conn, listener))
-        elif action is ListenAction.SEND_COOKIE:
+        elif action is SEND_COOKIE:
             self._send_cookie(key, seg, now)
         else:
             assert options is not None

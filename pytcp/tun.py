@@ -36,7 +36,9 @@ from tcpcore.errors import MalformedPacket
 
 from . import vnet
 from .netns import IFNAME_MAX, NetNamespace, in_namespace, run_ip
-from .vnet import NO_OFFLOAD, NO_OFFLOAD_HEADER, VnetHeader
+
+# Names, not vnet.X: the per-packet path reads module globals, not a module's attributes.
+from .vnet import HEADER_SIZE, NO_OFFLOAD, NO_OFFLOAD_HEADER, VIRTIO_NET_HDR_F_NEEDS_CSUM, VnetHeader, decode
 
 __all__ = ["TUN_PATH", "TunDevice"]
 
@@ -160,12 +162,12 @@ class TunDevice:
         view = memoryview(packet).cast("B")
         if not self.offload:
             return NO_OFFLOAD, view
-        header = vnet.decode(view)
-        if header.flags & vnet.VIRTIO_NET_HDR_F_NEEDS_CSUM and (
-            header.csum_start + header.csum_offset + 2 > len(view) - vnet.HEADER_SIZE
+        header = decode(view)
+        if header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and (
+            header.csum_start + header.csum_offset + 2 > len(view) - HEADER_SIZE
         ):
             raise MalformedPacket("virtio_net_hdr checksum field lies beyond the packet")
-        return header, view[vnet.HEADER_SIZE :]
+        return header, view[HEADER_SIZE:]
 
     # -- outbound --------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ GSO_ECN = 0x80
 
 HEADER_SIZE = 10
 _HEADER = struct.Struct("<BBHHHH")
+_unpack_from = _HEADER.unpack_from  # bound once: decode runs per received packet
 #: Offset of the checksum field inside the TCP header (RFC 9293 3.1).
 _TCP_CHECKSUM_OFFSET = 16
 #: IPv4 IHL and TCP data offset are 4-bit counts of 32-bit words: 60 bytes at most.
@@ -107,7 +108,7 @@ def decode(buf: Buffer, offset: int = 0) -> VnetHeader:
     if offset < 0:
         raise MalformedPacket("negative virtio_net_hdr offset")
     try:
-        fields = _HEADER.unpack_from(buf, offset)
+        fields = _unpack_from(buf, offset)
     except struct.error:
         raise MalformedPacket("packet shorter than its 10-byte virtio_net_hdr") from None
     header = _DECODED.get(fields)
