@@ -55,3 +55,6 @@ cdef class StackRuntime:
     cpdef _transmit(self, double now)
     cpdef _write_offload(self, list packets)
     cpdef _dispatch(self)
+
+
+cpdef int _gso_size(packet) except? -2

@@ -746,10 +746,11 @@ class StackRuntime:
             end = start + 1
             while end < count and _gso_size(packets[end]) == gso_size:
                 end += 1
+            run = packets if end - start == count else packets[start:end]  # usually one run: no copy
             if gso_size < 0:
-                done = tun.write_many(packets[start:end])
+                done = tun.write_many(run)
             else:
-                done = tun.write_many(packets[start:end], gso_size, checksum_offload=True)
+                done = tun.write_many(run, gso_size, checksum_offload=True)
                 if gso_size:
                     counters.tx_gso += done
             written += done

@@ -58,7 +58,13 @@ MTU_MIN = 68
 MTU_MAX = 0xFFFF
 
 
-def _ipv4_tcp_header_lengths(packet: memoryview) -> tuple[int, int]:
+def _byte_items(packet: Buffer) -> Buffer:
+    """``packet`` as a buffer whose len() counts bytes and whose items are bytes: bytes and bytearrays
+    (all the stack writes) as they are, anything else as a cast view (no view per packet written)."""
+    return packet if isinstance(packet, (bytes, bytearray)) else memoryview(packet).cast("B")
+
+
+def _ipv4_tcp_header_lengths(packet: Buffer) -> tuple[int, int]:
     """(IP header length, TCP header length) of a TCP/IPv4 packet we built; ValueError otherwise."""
     if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != IPPROTO_TCP:
         raise ValueError("a GSO or checksum-offload packet must be TCP/IPv4")
@@ -171,7 +177,7 @@ class TunDevice:
 
     # -- outbound --------------------------------------------------------------------------------
 
-    def _header(self, view: memoryview, gso_mss: int, checksum_offload: bool) -> bytes:
+    def _header(self, view: Buffer, gso_mss: int, checksum_offload: bool) -> bytes:
         """The virtio_net_hdr to send before ``view`` (empty without offload); validates the request."""
         if len(view) > self.mtu and not gso_mss:
             raise ValueError(f"{len(view)}-byte packet exceeds the {self.mtu}-byte MTU; pass gso_mss")
@@ -191,7 +197,7 @@ class TunDevice:
         sends a packet within the MTU with the same checksum convention. Otherwise ``packet`` must fit
         the MTU and carry complete checksums.
         """
-        view = memoryview(packet).cast("B")
+        view = _byte_items(packet)
         header = self._header(view, gso_mss, checksum_offload)
         try:
             if header:
@@ -210,8 +216,9 @@ class TunDevice:
 
         Every packet is validated before the first is written.
         """
-        views = [memoryview(packet).cast("B") for packet in packets]
-        headers = [self._header(view, gso_mss, checksum_offload) for view in views]
+        views = [_byte_items(packet) for packet in packets]
+        header = self._header
+        headers = [header(view, gso_mss, checksum_offload) for view in views]
         if not self.offload:
             return write_packets(self._fd, views)
         # One writev per packet (header and packet, no copy joining them), the GIL released once.
