@@ -3,3 +3,4 @@ cdef class StateMachine:
     cdef readonly object _tracer
     cdef object _name
     cdef readonly bint _debug
+    cpdef apply(self, event, double now, str note=*)

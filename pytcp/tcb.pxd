@@ -78,3 +78,8 @@ cdef class TCB:
     cdef public object wscale_ok
     cpdef _apply(self, event, double now, str note=*)
     cpdef _rearm(self, double now)
+    cpdef _on_established(self, double now)
+    cpdef _queue_fin(self, double now)
+    cpdef _negotiate(self, mss, wscale, sack, timestamps)
+    cpdef _new_receiver(self, irs)
+    cpdef _set_ts_recent(self, ts_val, double now)
