@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import heapq
 import itertools
 import logging
 import os
 import random
 from collections import deque
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 import tcpcore
@@ -117,8 +117,10 @@ class Stack:
         self._pending: deque[bytes] = deque()
         # Insertion-ordered (dicts, not sets) so output order never depends on object addresses.
         self._dirty: dict[Connection, None] = {}
+        # A timer heap with lazy deletion: ``_armed`` maps each connection to its live entry, the very
+        # tuple in the heap, so a heap entry is live exactly when it is its connection's (``is``).
         self._heap: list[tuple[float, int, Connection]] = []
-        self._armed: dict[Connection, tuple[float, int]] = {}
+        self._armed: dict[Connection, tuple[float, int, Connection]] = {}
         self._heap_seq = itertools.count()
         self._now = 0.0
 
@@ -200,11 +202,11 @@ class Stack:
         heap, armed = self._heap, self._armed
         due = None
         while heap:
-            at, seq, conn = heap[0]
-            if armed.get(conn) == (at, seq):
-                due = at
+            entry = heap[0]
+            if armed.get(entry[2]) is entry:
+                due = entry[0]
                 break
-            heapq.heappop(heap)
+            heappop(heap)
         intercept = self._intercept
         if intercept is not None and (expiry := intercept.next_expiry()) is not None:
             due = expiry if due is None else min(due, expiry)
@@ -218,8 +220,9 @@ class Stack:
             self._sync_timer(conn)
         heap, armed = self._heap, self._armed
         while heap and heap[0][0] <= now:
-            at, seq, conn = heapq.heappop(heap)
-            if armed.get(conn) != (at, seq):
+            entry = heappop(heap)
+            conn = entry[2]
+            if armed.get(conn) is not entry:
                 continue
             del armed[conn]
             self._dirty[conn] = None
@@ -481,12 +484,12 @@ class Stack:
             return
         if armed is not None and armed[0] == due:
             return
-        entry = (due, next(self._heap_seq))
+        entry = (due, next(self._heap_seq), conn)
         self._armed[conn] = entry
-        heapq.heappush(self._heap, (*entry, conn))
+        heappush(self._heap, entry)
         if len(self._heap) > HEAP_SLACK * len(self._armed) + 64:
-            self._heap = [(at, seq, c) for c, (at, seq) in self._armed.items()]
-            heapq.heapify(self._heap)
+            self._heap = list(self._armed.values())
+            heapify(self._heap)
 
     def _count_malformed(self, packet: Buffer) -> None:
         """Which MIB counter a packet parse_packet refused belongs to: IP header errors, or TCP errors with
