@@ -3,10 +3,10 @@ from pytcp.stack cimport Stack
 
 cdef class Waiter:
     cdef readonly object _guard
-    cdef readonly list _sleepers
+    cdef readonly tuple _sleepers
     cdef public object generation
     cpdef notify(self)
-    cpdef list take(self)
+    cpdef tuple take(self)
 
 
 cdef class StackRuntime:
@@ -32,6 +32,7 @@ cdef class StackRuntime:
     cdef public list _parked
     cdef public dict _readers
     cdef public dict _waiters
+    cdef public object _waiter_guard
     cdef public set bound_ports
     cdef public object _counters
     cdef public double _now

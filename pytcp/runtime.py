@@ -148,25 +148,29 @@ class Waiter:
     twice per round trip. The loop thread instead ``take``s the parkers and unparks them as it goes to
     sleep, with the GIL released (tcpcore.poll_waking). Lock order: engine lock, then ``_guard``; a
     sleeper holds no engine lock, so notifying under it cannot deadlock.
+
+    Every accepted connection has one from the start (pytcp.socket), so it is kept small: ``guard`` is
+    the runtime's, shared by all its waiters (held for a few instructions at a time), and the sleepers
+    are a tuple (the empty one is shared): ~100 bytes per waiter with its table entry.
     """
 
     __slots__ = ("_guard", "_sleepers", "generation")
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._sleepers: list[Parker] = []
+    def __init__(self, guard: threading.Lock) -> None:
+        self._guard = guard
+        self._sleepers: tuple[Parker, ...] = ()
         self.generation = 0
 
     def notify(self) -> None:
         for parker in self.take():
             parker.unpark()
 
-    def take(self) -> list[Parker]:
+    def take(self) -> tuple[Parker, ...]:
         """Bump the generation and hand over the sleepers' parkers: whoever takes them must unpark
         them (a sleeper that times out meanwhile still reports a wake-up, which it is)."""
         with self._guard:
             self.generation += 1
-            sleepers, self._sleepers = self._sleepers, []
+            sleepers, self._sleepers = self._sleepers, ()
         return sleepers
 
     def wait(self, seen: int, deadline: float | None, running: Callable[[], bool]) -> bool:
@@ -176,14 +180,14 @@ class Waiter:
         with self._guard:
             if self.generation != seen or not running():
                 return True
-            self._sleepers.append(parker)
+            self._sleepers = (*self._sleepers, parker)
         # take() bumps the generation before its parkers are unparked, and the runtime's end notifies
         # every waiter, so a wake-up is never spurious.
         if parker.park(None if deadline is None else deadline - time.monotonic()):
             return True
         with self._guard:
             if parker in self._sleepers:
-                self._sleepers.remove(parker)
+                self._sleepers = tuple(other for other in self._sleepers if other is not parker)
                 return False
         return True  # take() took the parker out of the list as the wait timed out: a wake-up
 
@@ -235,6 +239,7 @@ class StackRuntime:
         #: Extra fds the loop waits on (add_reader) -> their callbacks.
         self._readers: dict[int, Callable[[], None]] = {}
         self._waiters: dict[object, Waiter] = {}
+        self._waiter_guard = threading.Lock()  # every Waiter's _guard
         #: Local ports of pytcp.socket sockets bound but not yet listening or connected (loop thread).
         self.bound_ports: set[int] = set()
         self._counters = RuntimeCounters()
@@ -468,7 +473,7 @@ class StackRuntime:
         connection's waiter is forgotten after its Closed event; call ``unwatch`` for listeners."""
         waiter = self._waiters.get(key)
         if waiter is None:
-            waiter = self._waiters[key] = Waiter()
+            waiter = self._waiters[key] = Waiter(self._waiter_guard)
         return waiter
 
     def waiter(self, key: object) -> Waiter | None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from tcpcore import ACK, RST, build_tcp_ipv4, tcp_options_length
 
 from . import events
-from .addresses import dotted
 from .config import TCPConfig, check_knob
 from .congestion import CongestionControl, create, initial_window
 from .mib import MIB
@@ -220,9 +219,7 @@ class TCB:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self._sm = StateMachine(
-            CLOSED,
-            name=lambda: f"{dotted(local_addr)}:{local_port}>{dotted(remote_addr)}:{remote_port}",
-            tracer=tracer,
+            CLOSED, name=(local_addr, local_port, remote_addr, remote_port), tracer=tracer
         )
         self.iss = iss & MASK
         self.irs = 0
