@@ -144,6 +144,7 @@ class Receiver:
         nxt = self.data_nxt
         off = seq_diff(seq, nxt)
         result = 0
+        fin_waiting = self.fin_seq is not None  # a FIN arrived beyond a hole earlier
         if self.fin_done:
             # Everything up to the FIN is in; anything else is a duplicate (RFC 9293 3.10.7.4 seventh).
             return DUPLICATE if n or fin else 0
@@ -180,6 +181,8 @@ class Receiver:
         if self.fin_seq is not None and self.fin_seq == self.data_nxt:
             self.fin_done = True
             result |= FIN_NOW
+            if fin_waiting:
+                result |= OUT_OF_ORDER  # this segment filled the hole before a queued FIN: ACK at once
         return result
 
     def _dsack_ooo(self, reasm: Reassembler, seq: int, n: int) -> None:

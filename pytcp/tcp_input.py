@@ -597,9 +597,13 @@ class InputMixin(OutputMixin):
             mib.TCPOFOQueue += 1
         if result & DROPPED:
             mib.TCPOFODrop += 1
-        if rcv.ack_decision(result, self.config.quickack_segments):
+        # A FIN that ends ESTABLISHED (-> CLOSE-WAIT) is acknowledged by the delayed-ACK timer rather than
+        # at once, as Linux tcp_fin does (it enters "pingpong" mode there): the application's close,
+        # which usually follows within the timeout, sends FIN,ACK in one segment instead of two.
+        delay_fin = result & FIN_NOW and self._sm.state is ESTABLISHED
+        if rcv.ack_decision(result & ~FIN_NOW if delay_fin else result, self.config.quickack_segments):
             self._ack_now = True
-        elif rcv.unacked and self.timers.delack_at is None:
+        elif (rcv.unacked or delay_fin) and self.timers.delack_at is None:
             self.timers.delack_at = now + self.config.delayed_ack  # RFC 5681 4.2 / RFC 9293 3.8.6.3
         if result & NEW_DATA:
             if self._rd_shut:

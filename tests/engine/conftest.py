@@ -271,6 +271,9 @@ def fin_wait_2(config: TCPConfig = PLAIN, **kw: Any) -> Peer:
 def close_wait(config: TCPConfig = PLAIN, **kw: Any) -> Peer:
     p = established(config, **kw)
     p.deliver(FIN | ACK, IRS + 1, p.iss + 1)
+    # Its ACK waits for a close that could carry it, up to the delayed-ACK timeout (Linux tcp_fin).
+    p.expect_nothing()
+    p.advance(p.now + config.delayed_ack)
     p.expect(".", seq=p.iss + 1, ack=IRS + 2)
     assert p.state is State.CLOSE_WAIT
     p.take_events()

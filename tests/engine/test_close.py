@@ -38,7 +38,8 @@ def test_fin_rides_on_the_last_data_segment(tcp):
 def test_passive_close(tcp):
     p = tcp.established()
     p.deliver(FIN | ACK, p.irs + 1, p.iss + 1)
-    p.expect(".", seq=p.iss + 1, ack=p.irs + 2)  # a FIN is acknowledged at once
+    # The FIN's ACK waits for the application's close, which carries it (Linux tcp_fin: "pingpong").
+    p.expect_nothing()
     assert p.state is State.CLOSE_WAIT
     assert [type(e) for e in p.take_events()] == [events.PeerClosed]
     assert p.conn.at_eof and p.call("recv", 10) == b""
@@ -56,7 +57,7 @@ def test_unread_data_stays_readable_after_last_ack(tcp):
     arrived before the FIN are still there to read (Linux tcp_done keeps the receive queue)."""
     p = tcp.established()
     p.deliver(FIN | ACK, p.irs + 1, p.iss + 1, payload=b"q" * 500)
-    p.expect(".", seq=p.iss + 1, ack=p.irs + 502)
+    p.expect_nothing()  # the ACK rides on our FIN
     p.call("shutdown", socket.SHUT_WR)
     p.expect("F.", seq=p.iss + 1, ack=p.irs + 502)
     p.deliver(ACK, p.irs + 502, p.iss + 2)
@@ -94,6 +95,18 @@ def test_half_close_keeps_receiving(tcp):
     p.deliver(FIN | ACK, p.irs + 2001, p.iss + 2)
     p.expect(".", ack=p.irs + 2002)
     assert p.state is State.TIME_WAIT
+
+
+def test_fin_is_acked_by_the_delayed_ack_timer_without_a_close(tcp):
+    """A FIN that ends ESTABLISHED is acknowledged when the delayed-ACK timer fires if the application
+    has not closed by then (in FIN-WAIT-1 and FIN-WAIT-2 a FIN is acknowledged at once)."""
+    p = tcp.established()
+    p.deliver(FIN | ACK, p.irs + 1, p.iss + 1, t=1.0)
+    p.expect_nothing()
+    assert p.conn.get_timer() == 1.0 + 0.04
+    p.advance(1.05)
+    p.expect(".", seq=p.iss + 1, ack=p.irs + 2)
+    assert p.state is State.CLOSE_WAIT and p.conn.get_timer() is None
 
 
 def test_close_wait_keeps_sending(tcp):
