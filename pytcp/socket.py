@@ -175,7 +175,7 @@ class Socket:
         attempt: Callable[..., T | _Block],
         *args: object,
         wait: bool = True,
-        idle: Callable[[Connection], bool] | None = None,
+        idle: Callable[[Any], bool] | None = None,
     ) -> T:
         """Run ``attempt(*args)`` in a section until it stops returning _BLOCK, sleeping on the
         connection's (or listener's) Waiter in between, within the socket's timeout; ``wait=False``
@@ -411,7 +411,8 @@ class Socket:
         self._check_open()
         if not bufsize:
             return b""
-        return self._run(self._read, Connection.recv, bufsize, b"", wait=wait, idle=_nothing_to_read)
+        data: bytes = self._run(self._read, Connection.recv, bufsize, b"", wait=wait, idle=_nothing_to_read)
+        return data
 
     def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0, flags: int = 0) -> int:
         if nbytes < 0:
@@ -425,7 +426,8 @@ class Socket:
         self._check_open()
         if not view:
             return 0
-        return self._run(self._read, Connection.recv_into, view, 0, wait=wait, idle=_nothing_to_read)
+        count: int = self._run(self._read, Connection.recv_into, view, 0, wait=wait, idle=_nothing_to_read)
+        return count
 
     def _read(self, read: Callable[[Connection, A, float], R], arg: A, empty: R) -> R | _Block:
         """In a section: ``read(conn, arg, now)``; the connection's error once, then end of file (Linux)."""
