@@ -445,10 +445,17 @@ class LoopEchoServer:
         backlog = self.pending.get(conn)
         if backlog is None or conn.closed:
             return
-        while len(backlog) < self.BACKLOG and (chunk := conn.recv(65536, now)):
-            backlog += chunk
-        if backlog and conn.writable:
-            del backlog[: conn.send(backlog, now)]
+        # DataReadable is edge-triggered (not again until recv is called and more arrives), so read
+        # and send until reading stops for lack of data or sending for lack of room (a Writable event
+        # follows then): stopping at BACKLOG with bytes left to read and everything sent would wait
+        # for an event that never comes once the peer has nothing more to send.
+        while True:
+            while len(backlog) < self.BACKLOG and (chunk := conn.recv(65536, now)):
+                backlog += chunk
+            if backlog and conn.writable:
+                del backlog[: conn.send(backlog, now)]
+            if backlog or not conn.readable:
+                break
         if not backlog and conn.at_eof and conn.state is State.CLOSE_WAIT:
             conn.close(now)
 
