@@ -317,7 +317,9 @@ def poll_waking(object fds, int timeout_ms, list parkers):
     cdef list fd_list = list(fds)
     cdef Py_ssize_t nfds = len(fd_list), nlocks = len(parkers), i, count = 0
     cdef pollfd *polled = <pollfd *>PyMem_Calloc(<size_t>nfds + 1, sizeof(pollfd))
-    cdef PyThread_type_lock *locks = <PyThread_type_lock *>PyMem_Malloc((nlocks + 1) * sizeof(PyThread_type_lock))
+    cdef PyThread_type_lock *locks = <PyThread_type_lock *>PyMem_Malloc(
+        (nlocks + 1) * sizeof(PyThread_type_lock)
+    )
     cdef PyThread_type_lock lock
     cdef double deadline = _now() + timeout_ms / 1000.0
     cdef int ready = 0, err = 0
