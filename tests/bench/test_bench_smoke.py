@@ -87,11 +87,23 @@ def test_smoke_run_writes_both_figures_for_every_row(privileged: None, tmp_path:
     bulk = [forwarded["bulk up"], forwarded["bulk down"]]
     assert all(row["target"]["goal"] > row["target"]["value"] for row in bulk)
     assert forwarded["crr"]["target"] is None
+    # Issue 5's floors with their goals: bulk 0.3 (goal 0.8), CRR and RR on one CPU 0.2 (goal 0.6).
+    aims = {
+        (row["scenario"], row["variant"]): (row["target"]["value"], row["target"]["goal"])
+        for row in rows
+        if row["target"] and row["scenario"] in ("bulk-in", "bulk-out", "crr", "rr")
+    }
+    assert aims == {
+        ("bulk-in", "offload on"): (0.3, 0.8),
+        ("bulk-out", "offload on"): (0.3, 0.8),
+        ("crr", "one CPU"): (0.2, 0.6),
+        ("rr", "one CPU"): (0.2, 0.6),
+    }
 
     table = (tmp_path / "kernel-smoke.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header and one line per row (after the separator)
     assert "| scenario | metric | stack | kernel | stack/kernel | target |" in table
-    assert table.count("; goal ") == len(bulk)
+    assert table.count("; goal ") == len(bulk) + len(aims)
     assert table.split("\n\n", 1)[1] in out  # printed too, without the file's command line
     png = (tmp_path / "kernel-smoke.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
