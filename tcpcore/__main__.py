@@ -34,30 +34,44 @@ def _describe(packet: bytes) -> str:
     )
 
 
+def _syn(
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    ts: tuple[int, int],
+) -> bytes:
+    """A SYN or SYN-ACK with the options both ends offer in the seeds' capture."""
+    return tcpcore.build_tcp_ipv4(
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+        timestamps=ts,
+        mss=1460,
+        wscale=7,
+        sack_permitted=True,
+    )
+
+
 def main() -> None:
     x, y = 1_000, 5_000  # the seeds' client ISN x and server ISN y
-    syn_opts = {"mss": 1460, "wscale": 7, "sack_permitted": True}
     handshake = [
         (
             "SYN      (client CLOSED -> SYN-SENT)",
-            tcpcore.build_tcp_ipv4(
-                CLIENT, SERVER, 40000, 80, x, 0, tcpcore.SYN, 64240, timestamps=(1, 0), **syn_opts
-            ),
+            _syn(CLIENT, SERVER, 40000, 80, x, 0, tcpcore.SYN, 64240, (1, 0)),
         ),
         (
             "SYN-ACK  (server LISTEN -> SYN-RECEIVED)",
-            tcpcore.build_tcp_ipv4(
-                SERVER,
-                CLIENT,
-                80,
-                40000,
-                y,
-                x + 1,
-                tcpcore.SYN | tcpcore.ACK,
-                65160,
-                timestamps=(7, 1),
-                **syn_opts,
-            ),
+            _syn(SERVER, CLIENT, 80, 40000, y, x + 1, tcpcore.SYN | tcpcore.ACK, 65160, (7, 1)),
         ),
         (
             "ACK      (client -> ESTABLISHED, then server -> ESTABLISHED)",
