@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = ["build_document", "machine", "markdown", "paired_ratio", "plot", "wri
 
 #: Significant digits shown in the table.
 DIGITS = 3
+#: Characters per line of the chart's title: about what a 1100-pixel-wide figure holds at 9 points.
+TITLE_WIDTH = 120
 
 
 def _summary(values: list[float]) -> dict[str, Any] | None:
@@ -220,9 +223,11 @@ def plot(document: dict[str, Any], path: Path) -> None:
     ax.set_xlim(min([*finite, 0.01]) / 2, max([*finite, 1.0]) * 3)
     ax.set_yticks(positions, labels, fontsize=8)
     ax.set_xlabel("stack relative to kernel (1 = parity; latency, CPU and memory inverted: kernel/stack)")
-    ax.set_title(
+    # Centred on the figure, not the axes (the row labels take its left third), and wrapped: a long
+    # machine line would otherwise run off the right edge.
+    fig.suptitle(
         f"pytcp vs Linux, {document['mode']} mode (ticks: targets, dotted: goals; green met, red missed)\n"
-        f"{document['machine']['line']}",
+        + textwrap.fill(document["machine"]["line"], TITLE_WIDTH),
         fontsize=9,
     )
     fig.tight_layout()
