@@ -28,6 +28,9 @@ send buffer is full. Per flow, at most one partial chunk waits in user space per
 
 Closing: a FIN from either side becomes shutdown(SHUT_WR) on the other; when both directions have ended
 the upstream socket is closed and the stack connection is closed (it finishes its FIN handshake alone).
+The stack connection may end first, in an orderly way, while client bytes still wait for a slow
+upstream: they stay readable (as in a kernel socket), and the flow drains them before it half-closes
+upstream.
 A RST or a failure on one side aborts the other (SO_LINGER 0 on the kernel side, a RST from the stack).
 Idle flows (``idle_timeout``) and flows half-closed and idle for ``half_close_timeout`` are reset on
 both sides. Beyond ``max_sessions`` flows new SYNs are dropped, and the clients retry.
@@ -413,7 +416,15 @@ class Forwarder:
         if flow is None:
             return
         if flow.state is FlowState.OPEN:
-            # A reset or a give-up on the client side (Closed without either: the same, silently).
+            if isinstance(event, Closed) and flow.down_shut:
+                # An orderly end (a reset or a give-up would have come first and ended the flow): our
+                # FIN went out and was acknowledged, and the client's came in, while upstream was
+                # still slow to take the client's bytes. The stack keeps unread bytes readable after
+                # an orderly end, as Linux does for a socket its application has not closed: the up
+                # direction drains on as upstream takes them, then half-closes upstream.
+                self._pump_up(flow)
+                return
+            # A reset or a give-up on the client side (another Closed: the runtime's stop, the same).
             self._client_failed(flow)
         else:
             # Only Closed reaches a request: it expired or the listener closed. Nothing to answer.

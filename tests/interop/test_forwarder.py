@@ -517,6 +517,41 @@ def test_server_that_speaks_first_and_closes_at_once(topo: Topology) -> None:
     wait_for(lambda: topo.forwarder.counters()["completed"] == before + flows, what="every flow to complete")
 
 
+def test_client_bytes_still_relayed_after_its_connection_closed(topo: Topology) -> None:
+    # The client uploads and half-closes while the server reads nothing yet (a tiny receive buffer, so
+    # most of the upload waits in the forwarder), then the server answers and half-closes too. The
+    # stack connection ends in an orderly way (CLOSE-WAIT, our FIN, LAST-ACK, the client's ACK:
+    # CLOSED) with bytes of the upload still unread: they must reach the server, followed by its EOF,
+    # as from a kernel socket whose peer closed before the reader caught up.
+    before = topo.forwarder.counters()
+    upload = os.urandom(200_000)  # within the stack's 256 KiB receive buffer: the client's FIN gets in
+    listener = listener_in(topo.server, topo.forwarded_address, 5014)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted socket
+    client = sock_in(topo.client)
+    with listener, client:
+        client.connect((topo.forwarded_address, 5014))
+        server, _ = listener.accept()
+        with server:
+            server.settimeout(STEP)
+            client.sendall(upload)
+            client.shutdown(socket.SHUT_WR)
+
+            def close_wait() -> bool:
+                rows = topo.runtime.connections_table()
+                return any(row["local"].endswith(":5014") and row["state"] == "CLOSE-WAIT" for row in rows)
+
+            wait_for(close_wait, what="the client's FIN to reach the stack")
+            server.sendall(b"thanks")
+            server.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"thanks"  # its ACK of our FIN closes the stack connection
+            wait_for(lambda: not close_wait(), what="the stack connection to close")
+            assert recv_all(server) == upload
+    wait_for(lambda: topo.forwarder.counters()["completed"] == before["completed"] + 1, what="completion")
+    after = topo.forwarder.counters()
+    for resets in ("client_resets", "upstream_resets"):
+        assert after[resets] == before[resets], resets
+
+
 def test_urgent_data_is_relayed_inline_without_a_stall(topo: Topology) -> None:
     # Linux ends a read at the urgent mark, so the short read that brings the bytes before it does not
     # mean the upstream socket is empty, and nothing later raises another epoll edge for the bytes
