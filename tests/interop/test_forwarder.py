@@ -1,8 +1,9 @@
 """The forwarder against real kernels: a kernel client in one namespace, routed into the TUN device, reaches
 kernel servers in another namespace through pytcp and the forwarder's kernel sockets (pytcp.forwarder.
 topology builds the three namespaces). Checked: integrity of 100 MB each way, refusals (RST, ICMP) instead
-of accept-then-close, half-close and RST passing through, back-pressure, 200 concurrent flows, timeouts
-and reaping, a SOCKS5 upstream with its failure codes, iperf3 and curl, and the ``pytcp forward`` command.
+of accept-then-close, half-close and RST passing through, an upload that outlives the client's
+connection, back-pressure, 200 concurrent flows, timeouts and reaping, a SOCKS5 upstream with its
+failure codes, iperf3 and curl, and the ``pytcp forward`` command.
 
 Only 198.18.0.0/15 addresses are used; every wait and transfer is bounded; every subprocess is started
 through NetNamespace.popen, which kills it by PID when its namespace is closed.
