@@ -424,7 +424,8 @@ class Forwarder:
                 # direction drains on as upstream takes them, then half-closes upstream.
                 self._pump_up(flow)
                 return
-            # A reset or a give-up on the client side (another Closed: the runtime's stop, the same).
+            # A reset or a give-up on the client side, or a Closed before our FIN went out (the runtime
+            # stopping): the flow fails.
             self._client_failed(flow)
         else:
             # Only Closed reaches a request: it expired or the listener closed. Nothing to answer.
